@@ -1,0 +1,223 @@
+"""Pre-aggregations (NNM, bucketing, clipping, ARC) and their composition."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from distoptax import distributed as dist
+from distoptax.algorithms.aggregators import clipping
+from distoptax.algorithms.aggregators import krum
+from distoptax.algorithms.aggregators import preaggregation as pre
+
+
+def ref_squared_distances(x):
+  x = np.asarray(x, np.float64)
+  bad = ~np.all(np.isfinite(x), axis=1)
+  with np.errstate(invalid="ignore", over="ignore"):
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+  d[bad, :] = np.inf
+  d[:, bad] = np.inf
+  np.fill_diagonal(d, 0.0)
+  return d, bad
+
+
+def ref_nnm(x, f):
+  """Allouah et al. 2023: mean of the n - f nearest, the row itself first."""
+  d, bad = ref_squared_distances(x)
+  n = len(x)
+  x64 = np.asarray(x, np.float64)
+  out = np.empty_like(x64)
+  for i in range(n):
+    others = sorted((j for j in range(n) if j != i), key=lambda j: (d[i, j], j))
+    group = [i] + others[: n - f - 1]
+    out[i] = np.nan if bad[group].any() else x64[group].mean(0)
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def nnm_batched(f):
+  stage = pre.nearest_neighbor_mixing(f)
+  return jax.jit(jax.vmap(lambda x: stage.update(x, None)[0]))
+
+
+@pytest.mark.parametrize("n,f", [(7, 2), (10, 4)])
+def test_nnm_matches_reference(n, f):
+  rng = np.random.default_rng(n)
+  stacks = []
+  for b in range(40):
+    x = rng.normal(size=(n, 5))
+    if b % 4 == 1:
+      x[:f] = x[-1]  # Mimic: more copies than one neighbourhood can hold.
+    elif b % 4 == 2:
+      x[:f] += 8.0
+    elif b % 4 == 3:
+      x = rng.integers(-1, 2, size=(n, 5)).astype(float)  # Exact ties.
+    stacks.append(x.astype(np.float32))
+  out = nnm_batched(f)(jnp.asarray(np.stack(stacks)))
+  for b, x in enumerate(stacks):
+    np.testing.assert_allclose(out[b], ref_nnm(x, f), rtol=1e-5, atol=1e-6,
+                               err_msg=f"stack {b}")
+
+
+def test_nnm_keeps_each_row_in_its_own_neighbourhood():
+  # Five copies of worker 4 and f = 1: rows 0..3 have 4 neighbours at
+  # distance 0 with lower indices; each must still average itself.
+  x = np.zeros((6, 2), np.float32)
+  x[:5] = 1.0
+  x[5] = [3.0, 3.0]
+  out = np.asarray(nnm_batched(1)(jnp.asarray(x[None]))[0])
+  np.testing.assert_allclose(out[5], (4 * 1.0 + 3.0) / 5)
+  np.testing.assert_allclose(out[:5], 1.0)
+
+
+def test_nnm_nonfinite_rows_stay_marked_and_honest_rows_stay_finite():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(9, 4)).astype(np.float32)
+  x[2] = np.nan
+  x[6, 1] = np.inf
+  out = np.asarray(nnm_batched(2)(jnp.asarray(x[None]))[0])
+  assert np.all(np.isnan(out[[2, 6]]))
+  honest = [0, 1, 3, 4, 5, 7, 8]
+  assert np.all(np.isfinite(out[honest]))
+  np.testing.assert_allclose(out, ref_nnm(x, 2), rtol=1e-5, atol=1e-6)
+  # Composed with Krum, the output is finite and one of the mixed rows.
+  rule = pre.pre_aggregated(pre.nearest_neighbor_mixing(2), krum.krum(2))
+  agg, state = jax.jit(rule.update)(jnp.asarray(x), rule.init(None, 9))
+  assert np.all(np.isfinite(agg))
+  assert state.rule.selected[2] == 0 and state.rule.selected[6] == 0
+
+
+def test_nnm_with_f_zero_gives_the_mean_in_every_row():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(5, 3)).astype(np.float32)
+  out = np.asarray(nnm_batched(0)(jnp.asarray(x[None]))[0])
+  np.testing.assert_allclose(out, np.broadcast_to(x.mean(0), x.shape),
+                             rtol=1e-6, atol=1e-7)
+
+
+def ref_bucketing(x, perm, s):
+  n = len(x)
+  x = np.asarray(x, np.float64)
+  return np.stack([x[perm[b * s:min((b + 1) * s, n)]].mean(0)
+                   for b in range(math.ceil(n / s))])
+
+
+@pytest.mark.parametrize("n,s", [(10, 2), (7, 3), (5, 1), (4, 8)])
+def test_bucketing_matches_reference_and_splits_its_key(n, s):
+  stage = pre.bucketing(s, seed=3)
+  assert stage.num_outputs(n) == math.ceil(n / s)
+  update = jax.jit(stage.update)
+  state = stage.init(None, n)
+  rng = np.random.default_rng(n)
+  perms = []
+  for _ in range(3):
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    key, next_key = jax.random.split(jax.random.wrap_key_data(state.key))
+    perm = np.asarray(jax.random.permutation(key, n))
+    out, state = update(jnp.asarray(x), state)
+    assert out.shape == (math.ceil(n / s), 4)
+    np.testing.assert_allclose(out, ref_bucketing(x, perm, s), rtol=1e-6,
+                               atol=1e-7)
+    np.testing.assert_array_equal(state.key, jax.random.key_data(next_key))
+    perms.append(tuple(perm))
+  if n > 4:
+    assert len(set(perms)) > 1  # A new permutation every step.
+
+
+def test_bucketing_state_is_identical_on_every_worker():
+  stage = pre.bucketing(2, seed=0)
+  rule = pre.pre_aggregated(stage, krum.multi_krum(1))
+  tx = dist.aggregate(rule)
+  rng = np.random.default_rng(4)
+  grads = jnp.asarray(rng.normal(size=(10, 3)).astype(np.float32))
+
+  def step(g):
+    state = tx.init(g)
+    out, state = tx.update(g, state)
+    out, state = tx.update(g, state)
+    return out, state
+
+  out, state = jax.jit(jax.vmap(step, axis_name=dist.WORKERS))(grads)
+  for leaf in jax.tree.leaves((out, state)):
+    arr = np.asarray(leaf)
+    np.testing.assert_array_equal(arr, np.broadcast_to(arr[:1], arr.shape))
+  assert state.rule_state.rule.selected.shape == (10, 5)
+
+
+def test_bucketing_isolates_a_nonfinite_row_in_one_bucket():
+  stage = pre.bucketing(3)
+  x = np.ones((9, 2), np.float32)
+  x[4] = np.nan
+  out, _ = jax.jit(stage.update)(jnp.asarray(x), stage.init(None, 9))
+  bad = ~np.all(np.isfinite(np.asarray(out)), axis=1)
+  assert bad.sum() == 1
+  np.testing.assert_array_equal(np.asarray(out)[~bad], 1.0)
+
+
+def test_clipping_preaggregations_match_the_stack_functions():
+  rng = np.random.default_rng(5)
+  x = jnp.asarray((rng.normal(size=(7, 4)) * rng.uniform(0.1, 9, (7, 1)))
+                  .astype(np.float32))
+  for stage, fn in [(pre.static_clipping(1.5),
+                     lambda x: clipping.clip_to_norm(x, 1.5)),
+                    (pre.adaptive_robust_clipping(2),
+                     lambda x: clipping.adaptive_robust_clip(x, 2))]:
+    out, state = jax.jit(stage.update)(x, stage.init(None, 7))
+    np.testing.assert_array_equal(out, jax.jit(fn)(x))
+    assert stage.num_outputs(7) == 7
+  with pytest.raises(ValueError, match=r"n > 2f; got n=4, f=2"):
+    pre.adaptive_robust_clipping(2).init(None, 4)
+  with pytest.raises(ValueError, match=r"max_norm > 0"):
+    pre.static_clipping(-1.0)
+
+
+def test_pre_aggregated_equals_manual_composition():
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(rng.normal(size=(9, 4)).astype(np.float32))
+  nnm = pre.nearest_neighbor_mixing(2)
+  rule = pre.pre_aggregated(nnm, krum.krum(2))
+  out, state = jax.jit(rule.update)(x, rule.init(None, 9))
+  mixed = nnm_batched(2)(x[None])[0]
+  k = krum.krum(2)
+  want, kstate = jax.jit(k.update)(mixed, k.init(None, 9))
+  np.testing.assert_array_equal(out, want)
+  np.testing.assert_array_equal(state.rule.selected, kstate.selected)
+  assert state.pre == (nnm.init(None, 9),)
+
+
+def test_chain_of_preaggregations_and_row_counts():
+  rule = pre.pre_aggregated(
+      [pre.static_clipping(2.0), pre.bucketing(2),
+       pre.nearest_neighbor_mixing(1)],
+      krum.multi_krum(1))
+  state = rule.init(None, 11)  # 11 workers -> 6 buckets -> Krum on 6 rows.
+  assert state.rule.selected.shape == (6,)
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.normal(size=(11, 3)).astype(np.float32))
+  x = x.at[0].set(jnp.nan)
+  out, new_state = jax.jit(rule.update)(x, state)
+  assert np.all(np.isfinite(out))  # Clipping zeroed the NaN row first.
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+
+
+def test_downstream_precondition_is_checked_on_the_bucket_count():
+  rule = pre.pre_aggregated(pre.bucketing(2), krum.krum(2))
+  with pytest.raises(ValueError, match=r"krum needs n > 2f \+ 2; got n=5, "
+                     r"f=2"):
+    rule.init(None, 10)
+  with pytest.raises(ValueError, match=r"got n=5, f=2"):
+    jax.jit(rule.update)(jnp.zeros((10, 3)),
+                         pre.pre_aggregated(pre.bucketing(2),
+                                            krum.krum(1)).init(None, 10))
+  with pytest.raises(ValueError, match=r"nearest_neighbor_mixing needs n > 2f;"
+                     r" got n=4, f=2"):
+    pre.pre_aggregated(pre.nearest_neighbor_mixing(2), krum.krum(0)).init(
+        None, 4)
+  with pytest.raises(ValueError, match=r"bucket_size s >= 1; got s=0"):
+    pre.bucketing(0)
+  with pytest.raises(ValueError, match=r"PreAggregation stages"):
+    pre.pre_aggregated([krum.krum(1)], krum.krum(1))
