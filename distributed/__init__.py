@@ -2,6 +2,7 @@
 
 from distoptax.distributed.aggregate import aggregate
 from distoptax.distributed.aggregate import AggregateState
+from distoptax.distributed.aggregate import find_selected
 from distoptax.distributed.collectives import all_gather
 from distoptax.distributed.collectives import local_axis_name
 from distoptax.distributed.collectives import num_workers
@@ -54,6 +55,7 @@ __all__ = [
     "all_gather",
     "data_parallel",
     "find_comm_stats",
+    "find_selected",
     "local_axis_name",
     "make_straggler",
     "num_workers",

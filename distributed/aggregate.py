@@ -115,3 +115,56 @@ def aggregate(
         rule_state, jax.random.key_data(next_key), comm)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _selected_in(state: Any) -> jax.Array | None:
+  if hasattr(state, "_fields"):
+    if "selected" in state._fields:
+      return state.selected
+    children = tuple(state)
+  elif isinstance(state, (tuple, list)):
+    children = state
+  else:
+    return None
+  for child in children:
+    found = _selected_in(child)
+    if found is not None:
+      return found
+  return None
+
+
+def find_selected(opt_state: optax.OptState) -> jax.Array | None:
+  """The selection mask of the first aggregation rule that keeps one.
+
+  Rules that select or filter workers (Krum, Multi-Krum, Bulyan, MDA, Zeno,
+  Byzantine SGD) record a float32 ``[num_rows]`` mask ``selected`` in their
+  state: 1.0 for the rows that entered the last aggregate. Behind a
+  pre-aggregation the rows are the pre-aggregated ones (NNM keeps one row
+  per worker; bucketing has one row per bucket).
+
+  Args:
+    opt_state: an optimizer state holding an :class:`AggregateState`.
+
+  Returns:
+    The mask of the first :class:`AggregateState` (depth-first) whose rule
+    state has a ``selected`` field, or ``None``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from distoptax import algorithms as alg, distributed as dist
+    >>> tx = optax.chain(dist.aggregate(alg.aggregators.krum(1)),
+    ...                  optax.sgd(0.1))
+    >>> def step(g):
+    ...   state = tx.init(g)
+    ...   return dist.find_selected(tx.update(g, state)[1])
+    >>> g = jnp.array([[0.0], [0.1], [0.2], [0.3], [9.0]])
+    >>> jax.vmap(step, axis_name=dist.WORKERS)(g)[0]
+    Array([0., 1., 0., 0., 0.], dtype=float32)
+  """
+  for node in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, AggregateState)):
+    if isinstance(node, AggregateState):
+      found = _selected_in(node.rule_state)
+      if found is not None:
+        return found
+  return None

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from distoptax.distributed.aggregate import find_selected
 from distoptax.distributed import collectives
 from distoptax.distributed import comm_stats
 
@@ -85,10 +86,11 @@ def data_parallel(
       values on every worker when a rule relies on that.
 
   Returns:
-    A :class:`WorkerStep`. Its metrics are this worker's ``loss``, the bytes it handed to all-reduce
-    and all-gather collectives this step (``all_reduce_bytes``,
-    ``all_gather_bytes``, summed over every ``CommStats`` in ``tx``'s state),
-    plus ``aux``.
+    A :class:`WorkerStep`. Its metrics are this worker's ``loss``, the bytes
+    it handed to all-reduce and all-gather collectives this step
+    (``all_reduce_bytes``, ``all_gather_bytes``, summed over every
+    ``CommStats`` in ``tx``'s state), ``selected`` when the aggregation rule
+    records which rows it kept (see ``find_selected``), plus ``aux``.
 
   Example:
     >>> import jax.numpy as jnp, optax
@@ -122,6 +124,9 @@ def data_parallel(
         "all_gather_bytes": sum(s.all_gather_bytes for s in stats),
         **aux,
     }
+    selected = find_selected(opt_state)
+    if selected is not None:
+      metrics["selected"] = selected
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return WorkerStep(init, update, axis_name)

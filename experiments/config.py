@@ -4,6 +4,10 @@ import dataclasses
 from typing import Any
 
 
+_PARAM_FIELDS = ("aggregator_params", "preaggregation_params",
+                 "attack_params", "straggler_params")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Everything that determines a training run (saved as ``config.json``).
@@ -25,8 +29,16 @@ class TrainConfig:
   batch_size: int = 32
   steps: int = 1000
   runtime: str = "simulate"
-  # Communication and server-side optimizer.
+  # Aggregation, Byzantine workers and attacks.
   aggregator: str = "mean"
+  aggregator_params: tuple[tuple[str, float | str], ...] = ()
+  preaggregation: str = "none"
+  preaggregation_params: tuple[tuple[str, float | str], ...] = ()
+  num_byzantine: int = 0
+  attack: str = "none"
+  attack_params: tuple[tuple[str, float | str], ...] = ()
+  validation_batch_size: int = 32
+  # Server-side optimizer.
   optimizer: str = "sgd"
   learning_rate: float = 0.1
   momentum: float = 0.9
@@ -40,7 +52,7 @@ class TrainConfig:
   latency: float = 5e-5
   topology: str = "ring"
   straggler: str = "none"
-  straggler_params: tuple[tuple[str, float], ...] = ()
+  straggler_params: tuple[tuple[str, float | str], ...] = ()
   imbalance: tuple[float, ...] = ()
 
   def __post_init__(self):
@@ -49,6 +61,21 @@ class TrainConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int; got {value!r}")
+    if not isinstance(self.num_byzantine, int) or not (
+        0 <= self.num_byzantine < self.num_workers):
+      raise ValueError(
+          f"num_byzantine must lie in [0, num_workers={self.num_workers}); "
+          f"got {self.num_byzantine!r}")
+    if (self.attack == "none") != (self.num_byzantine == 0):
+      raise ValueError(
+          f"attack={self.attack!r} with num_byzantine={self.num_byzantine}: "
+          "an attack needs Byzantine workers and Byzantine workers need an "
+          "attack (use attack='zero' for silent ones)")
+    for name, owner in (("preaggregation_params", "preaggregation"),
+                        ("attack_params", "attack")):
+      if getattr(self, name) and getattr(self, owner) == "none":
+        raise ValueError(
+            f"{name}={dict(getattr(self, name))} given but {owner}='none'")
     if not self.learning_rate > 0:
       raise ValueError(
           f"learning_rate must be > 0; got {self.learning_rate!r}")
@@ -65,7 +92,8 @@ class TrainConfig:
 
   def to_json(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)
-    out["straggler_params"] = dict(self.straggler_params)
+    for name in _PARAM_FIELDS:
+      out[name] = dict(getattr(self, name))
     return out
 
   @classmethod
@@ -78,8 +106,9 @@ class TrainConfig:
     for name in ("hidden", "imbalance"):
       if name in data:
         data[name] = tuple(data[name])
-    if "straggler_params" in data:
-      data["straggler_params"] = tuple(sorted(data["straggler_params"].items()))
+    for name in _PARAM_FIELDS:
+      if name in data:
+        data[name] = tuple(sorted(data[name].items()))
     return cls(**data)
 
   def differences(self, other: "TrainConfig",

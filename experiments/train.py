@@ -20,7 +20,9 @@ import sys
 from absl import app
 from absl import flags
 
+from distoptax import algorithms as alg
 from distoptax.experiments import curves
+from distoptax.experiments import registries
 from distoptax.experiments import trainer
 from distoptax.experiments.config import TrainConfig
 
@@ -53,7 +55,30 @@ _FLAGS = {
         "runtime", _D.runtime, "simulate (vmap) | mesh (shard_map, all "
         "devices)"),
     "aggregator": flags.DEFINE_string(
-        "aggregator", _D.aggregator, "Aggregation rule."),
+        "aggregator", _D.aggregator,
+        "Aggregation rule: " + ", ".join(sorted(alg.aggregators.AGGREGATORS))
+        + ". Rules that take num_byzantine (f) get --num_byzantine."),
+    "aggregator_params": flags.DEFINE_list(
+        "aggregator_params", [], "Rule parameters as key=value."),
+    "preaggregation": flags.DEFINE_string(
+        "preaggregation", _D.preaggregation,
+        "Pre-aggregation before the rule: none, "
+        + ", ".join(sorted(alg.aggregators.PREAGGREGATORS)) + "."),
+    "preaggregation_params": flags.DEFINE_list(
+        "preaggregation_params", [], "Pre-aggregation parameters, key=value."),
+    "num_byzantine": flags.DEFINE_integer(
+        "num_byzantine", _D.num_byzantine,
+        "Byzantine workers (the first F); rules that need f receive it."),
+    "attack": flags.DEFINE_string(
+        "attack", _D.attack,
+        "What the Byzantine workers do: none, "
+        + ", ".join(registries.attack_names())
+        + " (label_flip corrupts their data; the others their updates)."),
+    "attack_params": flags.DEFINE_list(
+        "attack_params", [], "Attack parameters as key=value."),
+    "validation_batch_size": flags.DEFINE_integer(
+        "validation_batch_size", _D.validation_batch_size,
+        "Server validation batch of loss-oracle rules (Zeno)."),
     "optimizer": flags.DEFINE_string(
         "optimizer", _D.optimizer, "Server-side optimizer: sgd | adam."),
     "learning_rate": flags.DEFINE_float(
@@ -85,13 +110,21 @@ _FLAGS = {
 }
 
 
-def _parse_params(items: list[str]) -> tuple[tuple[str, float], ...]:
+def _number_or_text(value: str) -> float | str:
+  try:
+    return float(value)
+  except ValueError:
+    return value
+
+
+def _parse_params(name: str,
+                  items: list[str]) -> tuple[tuple[str, float | str], ...]:
   pairs = []
   for item in items:
     key, sep, value = item.partition("=")
     if not sep:
-      raise ValueError(f"--straggler_params entries are key=value; got {item!r}")
-    pairs.append((key.strip(), float(value)))
+      raise ValueError(f"--{name} entries are key=value; got {item!r}")
+    pairs.append((key.strip(), _number_or_text(value.strip())))
   return tuple(sorted(pairs))
 
 
@@ -99,7 +132,9 @@ def config_from_flags() -> TrainConfig:
   values = {name: flag.value for name, flag in _FLAGS.items()}
   values["hidden"] = tuple(int(h) for h in values["hidden"])
   values["imbalance"] = tuple(float(f) for f in values["imbalance"])
-  values["straggler_params"] = _parse_params(values["straggler_params"])
+  for name in ("aggregator_params", "preaggregation_params", "attack_params",
+               "straggler_params"):
+    values[name] = _parse_params(name, values[name])
   return TrainConfig(**values)
 
 

@@ -19,6 +19,7 @@ from distoptax import algorithms as alg
 from distoptax import distributed as dist
 from distoptax.experiments import checkpoint
 from distoptax.experiments import datasets
+from distoptax.experiments import label_flipping
 from distoptax.experiments import metrics_io
 from distoptax.experiments import models
 from distoptax.experiments import partition
@@ -79,12 +80,14 @@ def _loss_and_metrics(data: datasets.Dataset, model):
 
 
 def _make_sampler(data: datasets.Dataset, parts: partition.PaddedPartition,
-                  batch_size: int, seed: int):
+                  batch_size: int, seed: int,
+                  flipped_workers: np.ndarray | None = None):
   """``sample(step) -> (x, y)`` with leading ``[num_workers, batch_size]``.
 
   Worker ``i`` draws ``batch_size`` examples uniformly with replacement from
   its own shard; the draw depends only on ``(seed, step)``, so a resumed run
-  sees the same batches as an uninterrupted one.
+  sees the same batches as an uninterrupted one. The workers marked in
+  ``flipped_workers`` (label flipping) get their labels flipped.
   """
   x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
   indices, sizes = jnp.asarray(parts.indices), jnp.asarray(parts.sizes)
@@ -96,9 +99,108 @@ def _make_sampler(data: datasets.Dataset, parts: partition.PaddedPartition,
     slots = jax.vmap(
         lambda k, s: jax.random.randint(k, (batch_size,), 0, s))(keys, sizes)
     rows = jnp.take_along_axis(indices, slots, axis=1)
-    return x[rows], y[rows]
+    if flipped_workers is None:
+      return x[rows], y[rows]
+    return label_flipping.byzantine_label_flip(
+        x[rows], y[rows], flipped_workers, data.num_outputs)
 
   return sample
+
+
+def _validation_oracle(data: datasets.Dataset, loss_fn, batch_size: int,
+                       seed: int):
+  """``extra_args(state) -> {"value_fn": ...}`` for loss-oracle rules (Zeno).
+
+  The server's validation batch: ``batch_size`` training examples drawn
+  from ``(seed, state.step)``, hence the same on every worker (the state's
+  step is replicated) and a different batch at every step. Rules that do
+  not use ``value_fn`` ignore it and XLA drops the unused draw.
+  """
+  x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+  key = jax.random.fold_in(jax.random.key(seed), 2)
+
+  def extra_args(state: dist.TrainState) -> dict[str, Any]:
+    rows = jax.random.randint(jax.random.fold_in(key, state.step),
+                              (batch_size,), 0, len(data.x_train))
+    batch = (x[rows], y[rows])
+    return {"value_fn": lambda params: loss_fn(params, batch)}
+
+  return extra_args
+
+
+def _run_context(config: TrainConfig) -> dict[str, Any]:
+  """Values of the run that registered factories receive if they take them."""
+  return {"num_byzantine": config.num_byzantine,
+          "num_suspicious": config.num_byzantine,
+          "num_workers": config.num_workers,
+          "learning_rate": config.learning_rate,
+          "seed": config.seed}
+
+
+def aggregation_rule(config: TrainConfig) -> alg.aggregators.AggregationRule:
+  """The configured rule, behind the configured pre-aggregation if any."""
+  context = _run_context(config)
+  rule = registries.call_with_params(
+      registries.lookup(alg.aggregators.AGGREGATORS, config.aggregator,
+                        "aggregator"),
+      dict(config.aggregator_params), "aggregator", context)
+  if config.preaggregation == "none":
+    return rule
+  pre = registries.call_with_params(
+      registries.lookup(alg.aggregators.PREAGGREGATORS, config.preaggregation,
+                        "preaggregation"),
+      dict(config.preaggregation_params), "preaggregation", context)
+  return alg.aggregators.pre_aggregated(pre, rule)
+
+
+def update_attack(config: TrainConfig) -> optax.GradientTransformation | None:
+  """The worker-side attack transform, or None (no attack or a data attack)."""
+  if config.attack == "none":
+    return None
+  if config.attack in registries.DATA_ATTACKS:
+    if config.attack_params:
+      raise ValueError(
+          f"attack {config.attack!r} takes no parameters; got "
+          f"{dict(config.attack_params)}")
+    return None
+  factory = registries.lookup(
+      {**alg.attacks.ATTACKS, **dict.fromkeys(registries.DATA_ATTACKS)},
+      config.attack, "attack")
+  return registries.call_with_params(
+      factory, dict(config.attack_params), "attack", _run_context(config))
+
+
+def _flipped_workers(config: TrainConfig,
+                     data: datasets.Dataset) -> np.ndarray | None:
+  if config.attack != "label_flip":
+    return None
+  if data.is_regression:
+    raise ValueError(
+        f"attack 'label_flip' needs a classification dataset; "
+        f"{config.dataset!r} is a regression")
+  return label_flipping.byzantine_workers(config.num_workers,
+                                          config.num_byzantine)
+
+
+def _selection_metrics(config: TrainConfig,
+                       rows: list[dict[str, Any]]) -> dict[str, Any]:
+  """Which rows the rule kept, as fractions of the logged steps.
+
+  ``selected_fraction[i]``: the fraction of the steps since the last log at
+  which row ``i`` entered the aggregate (rows are workers, or buckets behind
+  bucketing). ``byzantine_selected_fraction``: the same, averaged over the
+  Byzantine workers, when rows are workers and there are Byzantine workers.
+  Nothing is logged for rules that keep no selection.
+  """
+  if "selected" not in rows[0]:
+    return {}
+  fraction = np.mean([np.asarray(m["selected"])[0] for m in rows], axis=0)
+  out = {"selected_fraction": [round(float(v), 6) for v in fraction]}
+  f = config.num_byzantine
+  if f and config.preaggregation == "none" and len(fraction) == (
+      config.num_workers):
+    out["byzantine_selected_fraction"] = float(np.mean(fraction[:f]))
+  return out
 
 
 def _prepare_workdir(config: TrainConfig, workdir: str, resume: bool) -> None:
@@ -151,17 +253,22 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
   model = models.make_model(config.model, num_outputs=data.num_outputs,
                             image_shape=data.image_shape, hidden=config.hidden)
   loss_fn, evaluate = _loss_and_metrics(data, model)
-  rule = registries.lookup(alg.aggregators.AGGREGATORS, config.aggregator,
-                           "aggregator")()
   optimizer = registries.lookup(registries.OPTIMIZERS, config.optimizer,
                                 "optimizer")
-  tx = optax.chain(dist.aggregate(rule, seed=config.seed),
-                   optimizer(config.learning_rate, config.momentum))
+  attack = update_attack(config)
+  tx = optax.chain(
+      *(() if attack is None else (attack,)),
+      dist.aggregate(aggregation_rule(config), seed=config.seed),
+      optimizer(config.learning_rate, config.momentum))
+  worker_step = dist.data_parallel(
+      loss_fn, tx, extra_args=_validation_oracle(
+          data, loss_fn, config.validation_batch_size, config.seed))
   runtime = registries.lookup(registries.RUNTIMES, config.runtime, "runtime")(
-      dist.data_parallel(loss_fn, tx), config.num_workers)
+      worker_step, config.num_workers)
   system = system_model(config)
   sample = _make_sampler(data, partition.pad_partition(parts),
-                         config.batch_size, config.seed)
+                         config.batch_size, config.seed,
+                         _flipped_workers(config, data))
 
   params = model.init(jax.random.key(config.seed), data.x_train[:1])
   state = runtime.init(params)
@@ -215,6 +322,7 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
                                + np.asarray(rows[-1]["all_gather_bytes"])[0]),
         "simulated_seconds": simulated,
         "elapsed_seconds": elapsed_before + time.perf_counter() - t0,
+        **_selection_metrics(config, rows),
     }
     metrics_io.append(workdir, [row])
     acc_text = "" if test_acc is None else f" test_acc {test_acc:.4f}"
@@ -222,7 +330,9 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
              f" test_loss {test_loss:.4f}{acc_text}"
              f" wire {row['wire_bytes'] / 2**20:.1f} MiB"
              f" simulated {simulated:.2f} s"
-             f" elapsed {row['elapsed_seconds']:.1f} s")
+             f" elapsed {row['elapsed_seconds']:.1f} s" + (
+                 f" byzantine_selected {row['byzantine_selected_fraction']:.2f}"
+                 if "byzantine_selected_fraction" in row else ""))
     return row
 
   row = None

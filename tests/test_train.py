@@ -132,7 +132,7 @@ def test_mesh_runtime_matches_simulation(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,known", [
-    ("aggregator", "krum", "mean"),
+    ("aggregator", "kroom", "krum, mean"),
     ("optimizer", "lamb", "adam, sgd"),
     ("runtime", "pmap", "mesh, simulate"),
     ("dataset", "cifar10", "digits"),
@@ -181,7 +181,8 @@ def test_every_flagfile_runs(tmp_path, flagfile):
 def test_unknown_name_on_the_command_line_is_a_usage_error(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "distoptax.experiments.train",
-       f"--workdir={tmp_path}", "--aggregator=krum", "--steps=2"],
+       f"--workdir={tmp_path}", "--aggregator=kroom", "--steps=2"],
       capture_output=True, text=True, timeout=300)
   assert out.returncode == 1
-  assert "unknown aggregator 'krum'; known aggregators: mean" in out.stderr
+  assert "unknown aggregator 'kroom'; known aggregators: " in out.stderr
+  assert "krum, mean, mean_around_median" in out.stderr

@@ -128,8 +128,8 @@ def bulyan(num_byzantine: int) -> base.AggregationRule:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from distoptax.algorithms.aggregators import bulyan
-    >>> rule = bulyan.bulyan(num_byzantine=1)
+    >>> from distoptax.algorithms import aggregators
+    >>> rule = aggregators.bulyan(num_byzantine=1)
     >>> x = jnp.array([[0.0, 9.0], [1.0, 8.0], [2.0, 7.0], [3.0, 6.0],
     ...                [4.0, 5.0], [5.0, 4.0], [100.0, -100.0]])
     >>> out, state = rule.update(x, rule.init(None, 7))

@@ -154,14 +154,14 @@ def geometric_median(
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from distoptax.algorithms.aggregators import geometric_median as gm
+    >>> from distoptax.algorithms import aggregators
     >>> stack = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0],
     ...                    [7.0, 8.0, 9.0]])
-    >>> rule = gm.geometric_median()
+    >>> rule = aggregators.geometric_median()
     >>> jnp.round(rule.update(stack, rule.init(None, 3))[0], 4)
     Array([4., 5., 6.], dtype=float32)
-    >>> byzfl = gm.geometric_median(init="zeros", smoothing=0.1,
-    ...                             max_iterations=3, tolerance=0.0)
+    >>> byzfl = aggregators.geometric_median(init="zeros", smoothing=0.1,
+    ...                                      max_iterations=3, tolerance=0.0)
     >>> byzfl.update(stack, byzfl.init(None, 3))[0]
     Array([3.787..., 4.787..., 5.787...], dtype=float32)
 

@@ -104,8 +104,8 @@ def krum(num_byzantine: int) -> base.AggregationRule:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from distoptax.algorithms.aggregators import krum
-    >>> rule = krum.krum(num_byzantine=2)
+    >>> from distoptax.algorithms import aggregators
+    >>> rule = aggregators.krum(num_byzantine=2)
     >>> x = jnp.array([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0], [100.0],
     ...                [-90.0]])
     >>> out, state = rule.update(x, rule.init(None, 8))
@@ -180,8 +180,8 @@ def multi_krum(num_byzantine: int,
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from distoptax.algorithms.aggregators import krum
-    >>> rule = krum.multi_krum(num_byzantine=2)
+    >>> from distoptax.algorithms import aggregators
+    >>> rule = aggregators.multi_krum(num_byzantine=2)
     >>> x = jnp.array([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0], [100.0],
     ...                [-90.0]])
     >>> out, state = rule.update(x, rule.init(None, 8))

@@ -321,7 +321,7 @@ def pre_aggregated(
     >>> import jax.numpy as jnp
     >>> from distoptax.algorithms.aggregators import krum, preaggregation
     >>> rule = preaggregation.pre_aggregated(
-    ...     preaggregation.nearest_neighbor_mixing(1), krum.krum(1))
+    ...     preaggregation.nearest_neighbor_mixing(1), krum(1))
     >>> x = jnp.array([[0.0], [1.0], [2.0], [3.0], [50.0]])
     >>> out, state = rule.update(x, rule.init(None, 5))
     >>> out, state.rule.selected
