@@ -14,6 +14,7 @@ from distoptax.distributed.collectives import WORKERS
 from distoptax.distributed.comm_stats import CommStats
 from distoptax.distributed.comm_stats import find_comm_stats
 from distoptax.distributed.comm_stats import total_bytes
+from distoptax.distributed.comm_stats import total_coded_bytes
 from distoptax.distributed.runtime import data_parallel
 from distoptax.distributed.runtime import on_mesh
 from distoptax.distributed.runtime import Runtime
@@ -67,6 +68,7 @@ __all__ = [
     "ring_all_reduce_seconds",
     "simulate",
     "total_bytes",
+    "total_coded_bytes",
     "worker_axes",
     "worker_index",
     "worker_slice",

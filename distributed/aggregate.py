@@ -4,6 +4,7 @@ from typing import Any, NamedTuple
 
 import chex
 import jax
+import jax.numpy as jnp
 import optax
 
 from distoptax.algorithms import aggregators
@@ -20,17 +21,22 @@ class AggregateState(NamedTuple):
     key: the shared PRNG key; each worker's compression key is
       ``fold_in(key, worker_index)``, and the key is split every step.
     comm: bytes this worker handed to collectives (see ``CommStats``).
+    error: this worker's error-feedback memory (like the updates, float32
+      or wider), or ``()`` without error feedback. It differs across
+      workers.
   """
 
   rule_state: optax.OptState
   key: chex.PRNGKey
   comm: comm_stats.CommStats
+  error: optax.Updates = ()
 
 
 def aggregate(
     rule: aggregators.AggregationRule,
     *,
     compressor: compressors.Compressor | None = None,
+    error_feedback: bool = False,
     axis_name: str = collectives.WORKERS,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
@@ -49,6 +55,23 @@ def aggregate(
   all-gathered, decoded worker by worker and the rule sees the stack
   ``[n, ...]``. Every worker ends with the same :math:`\hat u`.
 
+  With ``error_feedback=True`` each worker keeps a memory :math:`e_i`
+  (zero at ``init``) of what its messages failed to carry:
+
+  .. math::
+    p_i = u_i + e_i, \qquad m_i = \mathrm{encode}(k_i, p_i), \qquad
+    e_i \leftarrow p_i - \mathrm{decode}(m_i)
+
+  Conventions: the error is taken against the worker's *own*
+  reconstruction (GRACE, BytePS, DeepSpeed's worker error; not PyTorch
+  PowerSGD's error against the aggregate), with weights 1 and 1 (no
+  damping). The memory lives in the units of what ``aggregate`` receives:
+  first in the chain (before ``optax.sgd``) it holds gradients and the
+  learning rate stays outside (GRACE ``ResidualMemory``, PyTorch
+  PowerSGD); after a ``scale_by_learning_rate`` it holds updates, the
+  learning rate folded in (EF-SGD, Karimireddy et al. 2019, arXiv:1901.09847;
+  Stich et al. 2018, arXiv:1809.07599).
+
   Both ``init`` and ``update`` must run under a runtime (``simulate`` /
   ``on_mesh``) or any ``vmap`` / ``shard_map`` that binds ``axis_name``:
   ``init`` sizes the rule's state for the number of workers.
@@ -57,6 +80,8 @@ def aggregate(
     rule: the aggregation rule (e.g. ``aggregators.mean()``); any object with
       optax ``Aggregator``-style ``init``/``update`` and an ``is_mean`` flag.
     compressor: how updates travel; ``None`` sends them uncompressed.
+    error_feedback: keep a per-worker error memory (see above) so that a
+      biased compressor (top-k, sign) still converges.
     axis_name: the logical worker axis.
     seed: seed of the shared key from which per-worker compression keys are
       derived.
@@ -82,10 +107,17 @@ def aggregate(
   use_all_reduce = rule.is_mean and compressor.summable
 
   def init_fn(params: optax.Params) -> AggregateState:
+    error = ()
+    if error_feedback:
+      error = jax.tree.map(
+          lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype,
+                                                         jnp.float32)),
+          params)
     return AggregateState(
         rule_state=rule.init(params, collectives.num_workers(axis_name)),
         key=jax.random.key_data(jax.random.key(seed)),
-        comm=comm_stats.init_comm_stats())
+        comm=comm_stats.init_comm_stats(),
+        error=error)
 
   def update_fn(
       updates: optax.Updates,
@@ -95,24 +127,36 @@ def aggregate(
   ) -> tuple[optax.Updates, AggregateState]:
     key, next_key = jax.random.split(jax.random.wrap_key_data(state.key))
     worker_key = jax.random.fold_in(key, collectives.worker_index(axis_name))
-    message = compressor.encode(worker_key, updates)
+    error = state.error
+    if error_feedback:
+      compensated = jax.tree.map(lambda u, e: e + u, updates, error)
+      message = compressor.encode(worker_key, compensated)
+      error = jax.tree.map(lambda p, d: p - d.astype(p.dtype), compensated,
+                           compressor.decode(message))
+    else:
+      message = compressor.encode(worker_key, updates)
     message_bytes = comm_stats.tree_bytes(message)
+    coded_bytes = None
+    if compressor.coded_bits is not None:
+      coded_bytes = (compressor.coded_bits(message) + 7) // 8
     if use_all_reduce:
       total = compressor.decode(collectives.psum(message, axis_name))
       n = collectives.num_workers(axis_name)
       aggregated = jax.tree.map(lambda s: s / n, total)
       rule_state = state.rule_state
-      comm = comm_stats.record(state.comm, all_reduce_bytes=message_bytes)
+      comm = comm_stats.record(state.comm, all_reduce_bytes=message_bytes,
+                               coded_bytes=coded_bytes)
     else:
       stacked = jax.vmap(compressor.decode)(
           collectives.all_gather(message, axis_name))
       aggregated, rule_state = rule.update(
           stacked, state.rule_state, params, **extra_args)
-      comm = comm_stats.record(state.comm, all_gather_bytes=message_bytes)
+      comm = comm_stats.record(state.comm, all_gather_bytes=message_bytes,
+                               coded_bytes=coded_bytes)
     aggregated = jax.tree.map(
         lambda a, u: a.astype(u.dtype), aggregated, updates)
     return aggregated, AggregateState(
-        rule_state, jax.random.key_data(next_key), comm)
+        rule_state, jax.random.key_data(next_key), comm, error)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

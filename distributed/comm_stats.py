@@ -23,16 +23,32 @@ class CommStats(NamedTuple):
     all_gather_bytes: bytes handed to all-gather this step.
     total_bytes: cumulative bytes of both kinds since ``init``, as
       ``uint32[2]`` words ``(low, high)``; read it with :func:`total_bytes`.
+    coded_bytes: this step's message length under the compressor's entropy
+      or run-length code, ``ceil(bits / 8)`` (data dependent); equal to the
+      wire bytes when the compressor defines no code.
+    total_coded_bytes: cumulative ``coded_bytes`` as ``uint32[2]``; read it
+      with :func:`total_coded_bytes`.
   """
 
   all_reduce_bytes: jax.Array
   all_gather_bytes: jax.Array
   total_bytes: jax.Array
+  coded_bytes: jax.Array
+  total_coded_bytes: jax.Array
 
 
 def init_comm_stats() -> CommStats:
   zero = jnp.zeros((), jnp.int32)
-  return CommStats(zero, zero, jnp.zeros((2,), jnp.uint32))
+  words = jnp.zeros((2,), jnp.uint32)
+  return CommStats(zero, zero, words, zero, words)
+
+
+def _add(words: jax.Array, amount) -> jax.Array:
+  """Adds a non-negative int32 amount to a ``uint32[2]`` (low, high) count."""
+  low, high = words[0], words[1]
+  new_low = low + jnp.asarray(amount).astype(jnp.uint32)
+  carry = (new_low < low).astype(jnp.uint32)
+  return jnp.stack([new_low, high + carry])
 
 
 def tree_bytes(tree) -> int:
@@ -42,19 +58,24 @@ def tree_bytes(tree) -> int:
 
 
 def record(stats: CommStats, *, all_reduce_bytes: int = 0,
-           all_gather_bytes: int = 0) -> CommStats:
-  """Returns ``stats`` with this step's byte counts and the total updated."""
+           all_gather_bytes: int = 0,
+           coded_bytes: jax.Array | int | None = None) -> CommStats:
+  """Returns ``stats`` with this step's byte counts and the totals updated.
+
+  ``coded_bytes`` (may be traced) defaults to the wire bytes.
+  """
   step_bytes = all_reduce_bytes + all_gather_bytes
   if not 0 <= step_bytes < 2**31:
     raise ValueError(
         f"one step's wire bytes must lie in [0, 2**31); got {step_bytes}")
-  low, high = stats.total_bytes[0], stats.total_bytes[1]
-  new_low = low + jnp.uint32(step_bytes)
-  carry = (new_low < low).astype(jnp.uint32)
+  coded = step_bytes if coded_bytes is None else coded_bytes
+  coded = jnp.asarray(coded, jnp.int32)
   return CommStats(
       jnp.asarray(all_reduce_bytes, jnp.int32),
       jnp.asarray(all_gather_bytes, jnp.int32),
-      jnp.stack([new_low, high + carry]))
+      _add(stats.total_bytes, step_bytes),
+      coded,
+      _add(stats.total_coded_bytes, coded))
 
 
 def find_comm_stats(opt_state) -> list[CommStats]:
@@ -64,8 +85,24 @@ def find_comm_stats(opt_state) -> list[CommStats]:
           if isinstance(node, CommStats)]
 
 
-def total_bytes(stats: CommStats) -> int:
-  """The exact cumulative byte count as a Python int (host side)."""
-  words = np.asarray(stats.total_bytes, dtype=np.uint64)
+def _words_to_int(words) -> int:
+  words = np.asarray(words, dtype=np.uint64)
   return int(words[..., 0].reshape(-1)[0]) + (
       int(words[..., 1].reshape(-1)[0]) << 32)
+
+
+def total_bytes(stats: CommStats) -> int:
+  """The exact cumulative wire byte count as a Python int (host side)."""
+  return _words_to_int(stats.total_bytes)
+
+
+def total_coded_bytes(stats: CommStats) -> float:
+  """Cumulative coded bytes per worker, averaged over workers (host side).
+
+  Wire bytes are the same on every worker (static shapes); coded lengths
+  depend on each worker's data, so the stats of a runtime's state (with a
+  leading worker axis) are averaged over the workers.
+  """
+  words = np.asarray(stats.total_coded_bytes, dtype=np.uint64).reshape(-1, 2)
+  return float(np.mean(words[:, 0].astype(np.float64)
+                       + words[:, 1].astype(np.float64) * 2.0**32))

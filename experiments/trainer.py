@@ -318,6 +318,7 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
         "test_loss": test_loss,
         "test_accuracy": test_acc,
         "wire_bytes": sum(dist.total_bytes(s) for s in stats),
+        "coded_bytes": sum(dist.total_coded_bytes(s) for s in stats),
         "wire_bytes_step": int(np.asarray(rows[-1]["all_reduce_bytes"])[0]
                                + np.asarray(rows[-1]["all_gather_bytes"])[0]),
         "simulated_seconds": simulated,

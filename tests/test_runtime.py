@@ -182,9 +182,13 @@ def test_wire_bytes_equal_bytes_in_the_lowered_program(compressor, op, field):
 
 
 def test_cumulative_wire_bytes_carry_past_32_bits():
-  stats = dist.CommStats(jnp.int32(0), jnp.int32(0),
-                         jnp.array([2**32 - 10, 5], jnp.uint32))
+  near_carry = jnp.array([2**32 - 10, 5], jnp.uint32)
+  stats = dist.CommStats(jnp.int32(0), jnp.int32(0), near_carry,
+                         jnp.int32(0), near_carry)
   stats = dist.comm_stats.record(stats, all_reduce_bytes=25)
   assert dist.total_bytes(stats) == 5 * 2**32 + 2**32 - 10 + 25
+  stats = dist.comm_stats.record(stats, all_reduce_bytes=25,
+                                 coded_bytes=jnp.int32(7))
+  assert dist.total_coded_bytes(stats) == 5 * 2**32 + 2**32 - 10 + 25 + 7
   with pytest.raises(ValueError, match="2\\*\\*31"):
     dist.comm_stats.record(stats, all_gather_bytes=2**31)

@@ -56,6 +56,8 @@ def test_wire_bytes_and_simulated_seconds_follow_the_model(tmp_path):
   param_bytes = sum(x.size * 4 for x in jax.tree.leaves(result.params))
   assert rows[-1]["wire_bytes_step"] == param_bytes
   assert rows[-1]["wire_bytes"] == SMALL.steps * param_bytes
+  # No entropy code without compression: coded bytes are the wire bytes.
+  assert rows[-1]["coded_bytes"] == rows[-1]["wire_bytes"]
   system = trainer.system_model(SMALL)
   expected = sum(system.step_seconds(t, all_reduce_bytes=param_bytes).total
                  for t in range(SMALL.steps))

@@ -3,11 +3,15 @@
 from typing import Any, Callable, NamedTuple
 
 import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
 import optax
 
 Message = Any
 EncodeFn = Callable[[chex.PRNGKey, optax.Updates], Message]
 DecodeFn = Callable[[Message], optax.Updates]
+CodedBitsFn = Callable[[Message], jax.Array]
 
 
 class Compressor(NamedTuple):
@@ -19,18 +23,117 @@ class Compressor(NamedTuple):
   of ``updates``.
 
   Attributes:
-    encode: ``encode(key, updates) -> message``; ``key`` is this worker's key.
+    encode: ``encode(key, updates) -> message``; ``key`` is this worker's key
+      (``fold_in(shared_key, worker_index)``); a compressor that needs
+      randomness shared by all workers (random-k indices) derives it from
+      its own ``seed`` instead.
     decode: ``decode(message) -> updates``.
     unbiased: whether ``E[decode(encode(key, x))] == x`` over ``key``.
     summable: whether messages may be summed by ``psum`` before decoding,
       that is ``decode(m_1 + m_2) == decode(m_1) + decode(m_2)`` (identity,
-      casts, shared-seed random-k, PowerSGD factors).
+      casts, shared-seed random-k).
+    coded_bits: ``coded_bits(message) -> int32 scalar``, the exact length in
+      bits of the message under the entropy or run-length code the paper
+      defines (QSGD's Elias code, 3LC's zero-run code); ``None`` where the
+      paper defines none (the coded length is then the wire length).
   """
 
   encode: EncodeFn
   decode: DecodeFn
   unbiased: bool
   summable: bool
+  coded_bits: CodedBitsFn | None = None
+
+
+@flax.struct.dataclass
+class LeafMessage:
+  """The message of one array: the arrays that travel and its static layout.
+
+  Attributes:
+    arrays: dict of the arrays handed to the collective (their bytes are the
+      wire bytes).
+    shape: the original array's shape (static, not sent: both sides know
+      the model).
+    dtype: the original array's dtype (static).
+  """
+
+  arrays: dict[str, jax.Array]
+  shape: tuple[int, ...] = flax.struct.field(pytree_node=False)
+  dtype: Any = flax.struct.field(pytree_node=False)
+
+
+def is_leaf_message(x: Any) -> bool:
+  return isinstance(x, LeafMessage)
+
+
+LeafEncodeFn = Callable[[chex.PRNGKey, jax.Array], dict[str, jax.Array]]
+LeafDecodeFn = Callable[[dict[str, jax.Array], tuple[int, ...], Any],
+                        jax.Array]
+LeafCodedBitsFn = Callable[[dict[str, jax.Array], tuple[int, ...]],
+                           jax.Array]
+
+
+def leafwise(
+    encode_leaf: LeafEncodeFn,
+    decode_leaf: LeafDecodeFn,
+    *,
+    unbiased: bool,
+    summable: bool,
+    coded_bits_leaf: LeafCodedBitsFn | None = None,
+) -> Compressor:
+  """Lifts a compressor of one array to any pytree, leaf by leaf.
+
+  Leaf ``i`` (in ``jax.tree.leaves`` order) is encoded with
+  ``fold_in(key, i)``, so leaves draw independent randomness. The message
+  has the structure of the updates, each leaf replaced by a
+  :class:`LeafMessage`.
+
+  Args:
+    encode_leaf: ``encode_leaf(key, x) -> dict of arrays``.
+    decode_leaf: ``decode_leaf(arrays, shape, dtype) -> x``.
+    unbiased: see :class:`Compressor`.
+    summable: see :class:`Compressor`.
+    coded_bits_leaf: ``coded_bits_leaf(arrays, shape) -> int32`` or None.
+
+  Returns:
+    A :class:`Compressor` over pytrees.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from distoptax.algorithms.compressors import base
+    >>> half = base.leafwise(
+    ...     lambda key, x: {"x": x.astype(jnp.float16)},
+    ...     lambda arrays, shape, dtype: arrays["x"].astype(dtype),
+    ...     unbiased=False, summable=True)
+    >>> message = half.encode(jax.random.key(0), {"w": jnp.ones((2, 3))})
+    >>> message["w"].arrays["x"].dtype, message["w"].shape
+    (dtype('float16'), (2, 3))
+    >>> half.decode(message)["w"].dtype
+    dtype('float32')
+  """
+
+  def encode(key: chex.PRNGKey, updates: optax.Updates) -> Message:
+    leaves, treedef = jax.tree.flatten(updates)
+    messages = [
+        LeafMessage(encode_leaf(jax.random.fold_in(key, i), leaf),
+                    tuple(leaf.shape), jnp.dtype(leaf.dtype))
+        for i, leaf in enumerate(leaves)]
+    return jax.tree.unflatten(treedef, messages)
+
+  def decode(message: Message) -> optax.Updates:
+    return jax.tree.map(lambda m: decode_leaf(m.arrays, m.shape, m.dtype),
+                        message, is_leaf=is_leaf_message)
+
+  coded_bits = None
+  if coded_bits_leaf is not None:
+
+    def coded_bits(message: Message) -> jax.Array:
+      leaves = jax.tree.leaves(message, is_leaf=is_leaf_message)
+      return sum((coded_bits_leaf(m.arrays, m.shape).astype(jnp.int32)
+                  for m in leaves), jnp.zeros((), jnp.int32))
+
+  return Compressor(encode, decode, unbiased=unbiased, summable=summable,
+                    coded_bits=coded_bits)
 
 
 def identity() -> Compressor:
