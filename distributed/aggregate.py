@@ -18,8 +18,9 @@ class AggregateState(NamedTuple):
 
   Attributes:
     rule_state: the aggregation rule's own state (replicated on all workers).
-    key: the shared PRNG key; each worker's compression key is
-      ``fold_in(key, worker_index)``, and the key is split every step.
+    key: the shared PRNG key, split every step; each worker's compression
+      key is ``fold_in(step_key, worker_index)`` (or ``step_key`` itself for
+      a compressor with ``shared_key``).
     comm: bytes this worker handed to collectives (see ``CommStats``).
     error: this worker's error-feedback memory (like the updates, float32
       or wider), or ``()`` without error feedback. It differs across
@@ -126,7 +127,11 @@ def aggregate(
       **extra_args: Any,
   ) -> tuple[optax.Updates, AggregateState]:
     key, next_key = jax.random.split(jax.random.wrap_key_data(state.key))
-    worker_key = jax.random.fold_in(key, collectives.worker_index(axis_name))
+    if compressor.shared_key:
+      worker_key = key
+    else:
+      worker_key = jax.random.fold_in(key,
+                                      collectives.worker_index(axis_name))
     error = state.error
     if error_feedback:
       compensated = jax.tree.map(lambda u, e: e + u, updates, error)

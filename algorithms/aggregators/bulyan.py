@@ -86,6 +86,30 @@ def recursive_krum_selection(squared_distances: jax.Array,
   return order
 
 
+def coordinatewise_stage(stacked_updates: optax.Updates, selected: jax.Array,
+                         num_byzantine: int) -> optax.Updates:
+  r"""Bulyan's second stage: MeaMed with ``drop = 2f`` over the selection.
+
+  Per leaf and coordinate, the mean of the :math:`\theta - 2f` values of
+  the selected workers closest to their median, ties to the lowest worker
+  index. The selected rows are read in place (no gathered copy of the
+  :math:`\theta` rows).
+
+  Args:
+    stacked_updates: pytree with leaves ``[n, ...]``.
+    selected: int ``[theta]`` indices of the selected workers, in any order.
+    num_byzantine: ``f``; needs ``theta > 2f``.
+
+  Returns:
+    Pytree with the leaves' shapes without the worker axis.
+  """
+  # The selected rows in worker order, so that ties go to the lowest index.
+  rows = jnp.sort(selected)
+  return jax.tree.map(
+      lambda leaf: order_stats.mean_around_median_over_workers(
+          leaf, 2 * num_byzantine, rows=rows), stacked_updates)
+
+
 def bulyan(num_byzantine: int) -> base.AggregationRule:
   r"""Bulyan over Krum, with the paper's recursive selection.
 
@@ -175,11 +199,7 @@ def bulyan(num_byzantine: int) -> base.AggregationRule:
     order = recursive_krum_selection(info.squared_distances, info.nonfinite,
                                      f, theta)
     selected = jnp.zeros((n,), jnp.float32).at[order].set(1.0)
-    # The selected rows in worker order, so that ties go to the lowest index.
-    rows = jnp.sort(order)
-    out = jax.tree.map(
-        lambda leaf: order_stats.mean_around_median_over_workers(
-            jnp.take(leaf, rows, axis=0), 2 * f), stacked_updates)
+    out = coordinatewise_stage(stacked_updates, order, f)
     return out, BulyanState(selected)
 
   return base.AggregationRule(init_fn, update_fn)

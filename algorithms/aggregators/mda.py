@@ -10,8 +10,8 @@ import numpy as np
 import optax
 
 from distoptax.algorithms.aggregators import base
+from distoptax.algorithms.aggregators import coordinatewise
 from distoptax.algorithms.aggregators import distances
-from distoptax.algorithms.aggregators import krum as krum_lib
 
 DEFAULT_MAX_SUBSETS = 100_000
 _PAIRS_PER_BATCH = 2**22
@@ -107,13 +107,11 @@ def minimum_diameter_averaging(
     Byzantine Machine Learning", PODC 2020 (arXiv:1905.03853); the same rule
     is Garfield's "brute" and ByzFL's ``MDA``.
   """
-  krum_lib.check_num_byzantine("minimum_diameter_averaging", num_byzantine)
-  f = num_byzantine
+  f = coordinatewise.check_num_byzantine("minimum_diameter_averaging",
+                                         num_byzantine)
 
   def check(n: int) -> None:
-    if not n > 2 * f:
-      raise ValueError(
-          f"minimum_diameter_averaging needs n > 2f; got n={n}, f={f}")
+    coordinatewise.check_honest_majority("minimum_diameter_averaging", n, f)
     count = math.comb(n, f)
     if count > max_subsets:
       raise ValueError(

@@ -122,27 +122,45 @@ def _work_dtype(dtype) -> jnp.dtype:
   return jnp.dtype(dtype)
 
 
+def _take_rows(x: jax.Array, rows: jax.Array | None) -> jax.Array:
+  """``x[rows]`` (a gather, materialised), or ``x`` when ``rows`` is None."""
+  return x if rows is None else jnp.take(x, rows, axis=0)
+
+
+def _row(x: jax.Array, rows: jax.Array | None, i: int) -> jax.Array:
+  """Row ``i`` of ``x[rows]``, read in place (no gathered copy)."""
+  if rows is None:
+    return x[i]
+  return lax.dynamic_index_in_dim(x, rows[i], axis=0, keepdims=False)
+
+
 def _sorted_wires(
     x: jax.Array, need: Sequence[int],
-    max_network: int = NETWORK_MAX_WORKERS) -> list[jax.Array | None]:
-  """Rows ``j`` of ``sort(sanitize(x), axis=0)`` for the wires ``need`` uses.
+    max_network: int = NETWORK_MAX_WORKERS,
+    rows: jax.Array | None = None) -> list[jax.Array | None]:
+  """Rows ``j`` of ``sort(sanitize(x[rows]), axis=0)`` for the wires used.
 
   Args:
-    x: stack ``[n, ...]``; rows are promoted to the working dtype.
+    x: stack ``[N, ...]``; rows are promoted to the working dtype.
     need: one of ``_DEAD``/``_SUM``/``_LIVE`` per output rank. ``_SUM`` wires
       come back holding the right multiset of values in some order.
+    max_network: above this many rows, ``jnp.sort``.
+    rows: optional int ``[n]`` indices of the rows of ``x`` to order (all
+      ``N`` rows when None). The network reads them in place.
 
   Returns:
     A list of ``n`` arrays of shape ``x.shape[1:]`` (``None`` where dead).
   """
-  n = x.shape[0]
+  n = x.shape[0] if rows is None else rows.shape[0]
   dtype = _work_dtype(x.dtype)
   if n > max_network:
-    s = jnp.sort(sanitize(x.astype(dtype)), axis=0)
+    s = jnp.sort(sanitize(_take_rows(x, rows).astype(dtype)), axis=0)
     return [s[j] if need[j] != _DEAD else None for j in range(n)]
   # Sanitize and convert row by row: an op on the whole stack would be
-  # materialised as an [n, ...] copy instead of fused into the network.
-  wires = [sanitize(x[i].astype(dtype)) for i in range(n)]
+  # materialised as an [n, ...] copy instead of fused into the network (and
+  # so would a gather of the selected rows: 8x the network's time for
+  # Bulyan's 18 of 32 rows at d = 1e6).
+  wires = [sanitize(_row(x, rows, i).astype(dtype)) for i in range(n)]
   for a, b, want_min, want_max in _pruned_network(tuple(need)):
     lo, hi = wires[a], wires[b]
     less = lax.lt(lo, hi)
@@ -377,10 +395,11 @@ def _mean_of_closest_from_rows(
   return total / keep
 
 
-def _center_and_wires(x: jax.Array, keep: int, center: str):
-  n = x.shape[0]
+def _center_and_wires(x: jax.Array, keep: int, center: str,
+                      rows: jax.Array | None = None):
+  n = x.shape[0] if rows is None else rows.shape[0]
   drop = n - keep
-  wires = _sorted_wires(x, _closest_need(n, keep, center))
+  wires = _sorted_wires(x, _closest_need(n, keep, center), rows=rows)
   inner = wires[drop:keep]
   inner_sum = _sum(inner) if inner else None
   if center == "median":
@@ -401,20 +420,21 @@ def _exact_mean_around(x: jax.Array, keep: int, center: str) -> jax.Array:
   return _mean_of_closest_from_rows(x, c, radius, keep)
 
 
-def _patch_nan(fast: jax.Array, x: jax.Array, keep: int,
-               center: str) -> jax.Array:
+def _patch_nan(fast: jax.Array, x: jax.Array, keep: int, center: str,
+               rows: jax.Array | None = None) -> jax.Array:
   """Recomputes the NaN entries of ``fast`` (shape [m]) exactly from ``x``.
 
   Two-sided ties at the cut-off distance are rare but not negligible on
   float32 data (about one coordinate in a million on Gaussian data). The
   blocks of coordinates that contain them are gathered and recomputed;
-  when there are too many such blocks, every coordinate is.
+  when there are too many such blocks, every coordinate is. ``x`` is
+  ``[N, m]``; the rule runs on its rows ``rows`` (all when None).
   """
   m = fast.shape[0]
 
   def everything(fast):
-    return jnp.where(jnp.isnan(fast), _exact_mean_around(x, keep, center),
-                     fast)
+    exact = _exact_mean_around(_take_rows(x, rows), keep, center)
+    return jnp.where(jnp.isnan(fast), exact, fast)
 
   num_blocks = -(-m // _PATCH_BLOCK)
   if num_blocks <= _PATCH_MAX_BLOCKS:
@@ -428,17 +448,25 @@ def _patch_nan(fast: jax.Array, x: jax.Array, keep: int,
             + jnp.arange(_PATCH_BLOCK)[None, :]).reshape(-1)
     cols = jnp.minimum(cols, m - 1)  # the last block may run past the end
     old = fast[cols]
-    new = jnp.where(jnp.isnan(old),
-                    _exact_mean_around(x[:, cols], keep, center), old)
+    sub = (x[:, cols] if rows is None
+           else x[rows[:, None], cols[None, :]])
+    new = jnp.where(jnp.isnan(old), _exact_mean_around(sub, keep, center),
+                    old)
     return fast.at[cols].set(new)
 
   return lax.cond(jnp.sum(bad) <= _PATCH_MAX_BLOCKS, some_blocks, everything,
                   fast)
 
 
-def _mean_around(x: jax.Array, keep: int, center: str) -> jax.Array:
-  """Mean of the ``keep`` values closest to a centre, per coordinate."""
-  wires, inner_sum, c = _center_and_wires(x, keep, center)
+def _mean_around(x: jax.Array, keep: int, center: str,
+                 rows: jax.Array | None = None) -> jax.Array:
+  """Mean of the ``keep`` values closest to a centre, per coordinate.
+
+  Over the rows ``rows`` of ``x`` (all when None). The stack itself, not a
+  gathered or sliced copy, is what the rare patch branch closes over: a
+  ``lax.cond`` operand is materialised even when its branch is not taken.
+  """
+  wires, inner_sum, c = _center_and_wires(x, keep, center, rows)
   mean, _, ambiguous = _mean_of_closest_from_wires(wires, c, keep, inner_sum)
   # One output keeps the whole computation in one fused loop; coordinates
   # that need the worker order are marked NaN (a sanitized stack gives NaN
@@ -447,12 +475,14 @@ def _mean_around(x: jax.Array, keep: int, center: str) -> jax.Array:
   flat = x.reshape(x.shape[0], -1)
   # (A sum is NaN iff some term is, or +inf meets -inf: a cheap `any`.)
   out = lax.cond(jnp.isnan(jnp.sum(fast)),
-                 lambda fast: _patch_nan(fast, flat, keep, center),
+                 lambda fast: _patch_nan(fast, flat, keep, center, rows),
                  lambda fast: fast, fast)
   return out.reshape(x.shape[1:]).astype(x.dtype)
 
 
-def mean_around_median_over_workers(x: jax.Array, drop: int) -> jax.Array:
+def mean_around_median_over_workers(x: jax.Array, drop: int, *,
+                                    rows: jax.Array | None = None
+                                    ) -> jax.Array:
   r"""Per coordinate, the mean of the ``n - drop`` values nearest the median.
 
   .. math::
@@ -465,11 +495,16 @@ def mean_around_median_over_workers(x: jax.Array, drop: int) -> jax.Array:
   the lowest worker index (a stable sort by distance): this only changes
   the result when values on both sides of the median tie at the cut-off
   distance. NaN counts as ``+inf`` (:func:`sanitize`). Bulyan's second stage
-  is this helper applied to the selected vectors with ``drop = 2f``.
+  is this helper applied to the selected vectors with ``drop = 2f``
+  (``rows=`` the selected workers, so that they are read in place rather
+  than gathered into a copy).
 
   Args:
-    x: stack ``[n, ...]``.
+    x: stack ``[N, ...]``.
     drop: number of values left out per coordinate, ``0 <= drop < n``.
+    rows: optional int ``[n]`` indices of the rows of ``x`` to aggregate, as
+      if ``x[rows]`` were passed (ties then go to the lowest position in
+      ``rows``); ``None`` uses all ``n = N`` rows.
 
   Returns:
     An array of shape ``x.shape[1:]`` and the dtype of ``x``.
@@ -484,8 +519,13 @@ def mean_around_median_over_workers(x: jax.Array, drop: int) -> jax.Array:
     Array([2.5], dtype=float32)
   """
   n = _check_stack(x, "mean_around_median_over_workers")
+  if rows is not None:
+    if rows.ndim != 1 or rows.shape[0] == 0:
+      raise ValueError("mean_around_median_over_workers needs rows of shape "
+                       f"[n] with n >= 1; got shape {rows.shape}")
+    n = rows.shape[0]
   _check_keep(n, n - drop, "mean_around_median_over_workers")
-  return _mean_around(x, n - drop, "median")
+  return _mean_around(x, n - drop, "median", rows)
 
 
 def phocas_over_workers(x: jax.Array, trim: int) -> jax.Array:

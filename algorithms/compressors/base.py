@@ -24,9 +24,8 @@ class Compressor(NamedTuple):
 
   Attributes:
     encode: ``encode(key, updates) -> message``; ``key`` is this worker's key
-      (``fold_in(shared_key, worker_index)``); a compressor that needs
-      randomness shared by all workers (random-k indices) derives it from
-      its own ``seed`` instead.
+      (``fold_in(step_key, worker_index)``), or the step key itself, the same
+      on every worker, when ``shared_key`` is set.
     decode: ``decode(message) -> updates``.
     unbiased: whether ``E[decode(encode(key, x))] == x`` over ``key``.
     summable: whether messages may be summed by ``psum`` before decoding,
@@ -36,6 +35,9 @@ class Compressor(NamedTuple):
       bits of the message under the entropy or run-length code the paper
       defines (QSGD's Elias code, 3LC's zero-run code); ``None`` where the
       paper defines none (the coded length is then the wire length).
+    shared_key: whether ``encode`` needs randomness shared by all workers
+      (random-k's indices): it then receives the step key, identical on
+      every worker and new at every step, instead of a per-worker key.
   """
 
   encode: EncodeFn
@@ -43,6 +45,7 @@ class Compressor(NamedTuple):
   unbiased: bool
   summable: bool
   coded_bits: CodedBitsFn | None = None
+  shared_key: bool = False
 
 
 @flax.struct.dataclass
@@ -80,6 +83,7 @@ def leafwise(
     unbiased: bool,
     summable: bool,
     coded_bits_leaf: LeafCodedBitsFn | None = None,
+    shared_key: bool = False,
 ) -> Compressor:
   """Lifts a compressor of one array to any pytree, leaf by leaf.
 
@@ -94,6 +98,7 @@ def leafwise(
     unbiased: see :class:`Compressor`.
     summable: see :class:`Compressor`.
     coded_bits_leaf: ``coded_bits_leaf(arrays, shape) -> int32`` or None.
+    shared_key: see :class:`Compressor`.
 
   Returns:
     A :class:`Compressor` over pytrees.
@@ -133,7 +138,7 @@ def leafwise(
                   for m in leaves), jnp.zeros((), jnp.int32))
 
   return Compressor(encode, decode, unbiased=unbiased, summable=summable,
-                    coded_bits=coded_bits)
+                    coded_bits=coded_bits, shared_key=shared_key)
 
 
 def identity() -> Compressor:
