@@ -5,7 +5,7 @@ from typing import Any
 
 
 _PARAM_FIELDS = ("aggregator_params", "preaggregation_params",
-                 "attack_params", "straggler_params")
+                 "attack_params", "compressor_params", "straggler_params")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +38,10 @@ class TrainConfig:
   attack: str = "none"
   attack_params: tuple[tuple[str, float | str], ...] = ()
   validation_batch_size: int = 32
+  # Compression of what the workers send.
+  compressor: str = "identity"
+  compressor_params: tuple[tuple[str, float | str], ...] = ()
+  error_feedback: bool = False
   # Server-side optimizer.
   optimizer: str = "sgd"
   learning_rate: float = 0.1

@@ -1,7 +1,9 @@
 """Curves of one or more training runs, overlaid, drawn to PNG.
 
 Rows: train loss, test loss, test accuracy (when the task has one); columns:
-against steps, wire bytes (per worker, cumulative) and simulated seconds.
+against steps, wire bytes (per worker, cumulative), coded bytes (when a
+compressor's entropy or run-length code makes them differ from the wire
+bytes) and simulated seconds.
 Each run is labelled with the config fields that differ between the runs.
 """
 
@@ -17,6 +19,7 @@ from distoptax.experiments import metrics_io
 
 X_AXES = (("step", "steps", 1.0),
           ("wire_bytes", "wire MiB per worker", 2.0**-20),
+          ("coded_bytes", "coded MiB per worker", 2.0**-20),
           ("simulated_seconds", "simulated seconds", 1.0))
 Y_AXES = (("train_loss", "train loss", True),
           ("test_loss", "test loss", True),
@@ -50,14 +53,18 @@ def plot_runs(workdirs: Sequence[str], out: str) -> str:
             for label, w in zip(_labels(configs), workdirs)]
   y_axes = [y for y in Y_AXES
             if any(r.get(y[0]) is not None for rows in runs for r in rows)]
-  fig, axes = plt.subplots(len(y_axes), len(X_AXES), squeeze=False,
-                           figsize=(4.2 * len(X_AXES), 3.0 * len(y_axes)))
+  # Coded bytes get a column only when some run's code differs from its wire.
+  x_axes = [x for x in X_AXES if x[0] != "coded_bytes" or any(
+      r.get("coded_bytes") not in (None, r.get("wire_bytes"))
+      for rows in runs for r in rows)]
+  fig, axes = plt.subplots(len(y_axes), len(x_axes), squeeze=False,
+                           figsize=(4.2 * len(x_axes), 3.0 * len(y_axes)))
   for row, (y_key, y_name, log_y) in enumerate(y_axes):
-    for col, (x_key, x_name, x_scale) in enumerate(X_AXES):
+    for col, (x_key, x_name, x_scale) in enumerate(x_axes):
       ax = axes[row][col]
       for rows, label in zip(runs, labels):
         points = [(r[x_key] * x_scale, r[y_key]) for r in rows
-                  if r.get(y_key) is not None]
+                  if r.get(y_key) is not None and r.get(x_key) is not None]
         if points:
           xs, ys = zip(*points)
           ax.plot(xs, ys, marker=".", label=label)

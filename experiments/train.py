@@ -79,6 +79,15 @@ _FLAGS = {
     "validation_batch_size": flags.DEFINE_integer(
         "validation_batch_size", _D.validation_batch_size,
         "Server validation batch of loss-oracle rules (Zeno)."),
+    "compressor": flags.DEFINE_string(
+        "compressor", _D.compressor,
+        "How workers encode what they send: "
+        + ", ".join(sorted(alg.compressors.COMPRESSORS)) + "."),
+    "compressor_params": flags.DEFINE_list(
+        "compressor_params", [], "Compressor parameters as key=value."),
+    "error_feedback": flags.DEFINE_bool(
+        "error_feedback", _D.error_feedback,
+        "Keep a per-worker error memory (for biased compressors)."),
     "optimizer": flags.DEFINE_string(
         "optimizer", _D.optimizer, "Server-side optimizer: sgd | adam."),
     "learning_rate": flags.DEFINE_float(
@@ -133,7 +142,7 @@ def config_from_flags() -> TrainConfig:
   values["hidden"] = tuple(int(h) for h in values["hidden"])
   values["imbalance"] = tuple(float(f) for f in values["imbalance"])
   for name in ("aggregator_params", "preaggregation_params", "attack_params",
-               "straggler_params"):
+               "compressor_params", "straggler_params"):
     values[name] = _parse_params(name, values[name])
   return TrainConfig(**values)
 

@@ -153,6 +153,14 @@ def aggregation_rule(config: TrainConfig) -> alg.aggregators.AggregationRule:
   return alg.aggregators.pre_aggregated(pre, rule)
 
 
+def compressor(config: TrainConfig) -> alg.compressors.Compressor:
+  """The configured compressor with its parameters."""
+  return registries.call_with_params(
+      registries.lookup(alg.compressors.COMPRESSORS, config.compressor,
+                        "compressor"),
+      dict(config.compressor_params), "compressor", _run_context(config))
+
+
 def update_attack(config: TrainConfig) -> optax.GradientTransformation | None:
   """The worker-side attack transform, or None (no attack or a data attack)."""
   if config.attack == "none":
@@ -258,7 +266,8 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
   attack = update_attack(config)
   tx = optax.chain(
       *(() if attack is None else (attack,)),
-      dist.aggregate(aggregation_rule(config), seed=config.seed),
+      dist.aggregate(aggregation_rule(config), compressor=compressor(config),
+                     error_feedback=config.error_feedback, seed=config.seed),
       optimizer(config.learning_rate, config.momentum))
   worker_step = dist.data_parallel(
       loss_fn, tx, extra_args=_validation_oracle(
