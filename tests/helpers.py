@@ -1,4 +1,6 @@
-"""Shared test fixtures: a small regression problem and its batches."""
+"""Shared test fixtures: a small regression problem, its batches, HLO bytes."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -32,3 +34,28 @@ def assert_replicated(tree):
   for leaf in jax.tree.leaves(tree):
     arr = np.asarray(leaf)
     np.testing.assert_array_equal(arr, np.broadcast_to(arr[:1], arr.shape))
+
+
+_TENSOR = re.compile(r"tensor<((?:\d+x)*)([a-z]+\d+)>")
+_BITS = {"f32": 32, "f16": 16, "bf16": 16, "i32": 32, "ui32": 32, "ui8": 8,
+         "i8": 8, "f64": 64}
+
+
+def collective_operand_bytes(hlo_text, op):
+  """Bytes of the operands of every `op` in a StableHLO module."""
+  lines = hlo_text.splitlines()
+  total = 0
+  for i, line in enumerate(lines):
+    if f'"stablehlo.{op}"' not in line:
+      continue
+    if op == "all_reduce":  # Its signature follows the reduction body.
+      j = next(j for j in range(i, len(lines)) if lines[j].lstrip()
+               .startswith("}) :"))
+      signature = lines[j]
+    else:
+      signature = line
+    operands = signature.split(") -> ")[0].split(" : (")[-1]
+    for dims, dtype in _TENSOR.findall(operands):
+      size = int(np.prod([int(d) for d in dims.split("x") if d]))
+      total += size * _BITS[dtype] // 8
+  return total

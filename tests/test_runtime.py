@@ -1,7 +1,5 @@
 """Equivalences of the worker-axis runtime: minibatch SGD, vmap vs shard_map."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,31 +134,6 @@ def test_simulate_rejects_bad_num_workers(bad):
     dist.simulate(step, 2.0)
 
 
-_TENSOR = re.compile(r"tensor<((?:\d+x)*)([a-z]+\d+)>")
-_BITS = {"f32": 32, "f16": 16, "bf16": 16, "i32": 32, "ui32": 32, "ui8": 8,
-         "i8": 8, "f64": 64}
-
-
-def _collective_operand_bytes(hlo_text, op):
-  """Bytes of the operands of every `op` in a StableHLO module."""
-  lines = hlo_text.splitlines()
-  total = 0
-  for i, line in enumerate(lines):
-    if f'"stablehlo.{op}"' not in line:
-      continue
-    if op == "all_reduce":  # Its signature follows the reduction body.
-      j = next(j for j in range(i, len(lines)) if lines[j].lstrip()
-               .startswith("}) :"))
-      signature = lines[j]
-    else:
-      signature = line
-    operands = signature.split(") -> ")[0].split(" : (")[-1]
-    for dims, dtype in _TENSOR.findall(operands):
-      size = int(np.prod([int(d) for d in dims.split("x") if d]))
-      total += size * _BITS[dtype] // 8
-  return total
-
-
 @pytest.mark.parametrize("compressor,op,field", [
     (None, "all_reduce", "all_reduce_bytes"),
     ("gather", "all_gather", "all_gather_bytes"),
@@ -178,7 +151,7 @@ def test_wire_bytes_equal_bytes_in_the_lowered_program(compressor, op, field):
   recorded = int(np.asarray(getattr(stats, field))[0])
   param_bytes = sum(x.size * 4 for x in jax.tree.leaves(params))
   assert recorded == param_bytes
-  assert _collective_operand_bytes(hlo, op) == recorded
+  assert helpers.collective_operand_bytes(hlo, op) == recorded
 
 
 def test_cumulative_wire_bytes_carry_past_32_bits():

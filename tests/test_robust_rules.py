@@ -1,0 +1,734 @@
+"""Properties of every registered aggregation rule and pre-aggregation.
+
+``ROWS`` holds one row per entry of ``aggregators.AGGREGATORS`` and
+``aggregators.PREAGGREGATORS``: how to build it for ``N`` workers of which
+``F`` are Byzantine (through the registry's own factory), its NumPy
+reference, and which form of each property it promises. A registry entry
+without a row fails ``test_every_registry_entry_has_a_row`` and every test
+parametrized over it. A pre-aggregation is tested composed with the robust
+rule named in its row.
+
+Where a property does not hold by design, the row says why and the test
+asserts the documented behaviour instead (the mean propagates non-finite
+inputs; bucketing shuffles the workers; Bulyan and MDA break exact ties by
+worker index).
+
+References: most come from the per-rule test files, each written from its
+paper (``tests/test_coordinatewise.py``: median, trimmed mean, MeaMed,
+Phocas; ``test_krum.py``: Krum, Multi-Krum; ``test_bulyan.py``;
+``test_distance_rules.py``: MDA, static clipping, ARC, centered clipping;
+``test_preaggregation.py``: NNM, bucketing; ``test_zeno.py``;
+``test_byzantine_sgd.py``). The mean and the geometric median (as the
+minimiser of the sum of distances, not as an iteration) are written here.
+The differential test runs every row on the same battery, which includes
+exact ties (small-integer lattices) and exact duplicates (mimic copies).
+
+All tests share one jitted ``update`` per row (the same shapes throughout),
+so each rule compiles once here, plus once under ``dist.simulate``.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from distoptax import algorithms as alg
+from distoptax import distributed as dist
+from distoptax.algorithms import aggregators
+from tests import test_bulyan
+from tests import test_byzantine_sgd
+from tests import test_coordinatewise
+from tests import test_distance_rules
+from tests import test_krum
+from tests import test_preaggregation
+from tests import test_zeno
+
+N, F = 11, 2  # Bulyan's n >= 4f + 3 is the tightest precondition.
+D = 8  # One worker's update: {"b": [2], "w": [2, 3]}, flattened in that order.
+
+# Hyperparameters of the rows.
+CLIP_NORM = 2.0  # Gaussian rows in 8 dimensions have norm ~2.8.
+CC_RADIUS, CC_ITERATIONS = 1.0, 2
+BSGD_V, BSGD_T = 3.0, 20.0
+ZENO_LR, ZENO_RHO = 0.1, 0.01
+BUCKET = 2
+
+
+# ----------------------------------------------------------------- the data
+def to_tree(x):
+  """``[..., n, 8]`` -> the pytree ``{"b": [..., n, 2], "w": [..., n, 2, 3]}``."""
+  x = jnp.asarray(x, jnp.float32)
+  return {"b": x[..., :2], "w": x[..., 2:].reshape(x.shape[:-1] + (2, 3))}
+
+
+def from_tree(tree):
+  """Inverse of :func:`to_tree` (leaves in ``jax.tree.leaves`` order)."""
+  lead = tree["b"].shape[:-1]
+  return np.concatenate([np.asarray(tree["b"], np.float64),
+                         np.asarray(tree["w"], np.float64).reshape(
+                             lead + (6,))], axis=-1)
+
+
+_VALUE_RNG = np.random.default_rng(1234)
+_M = _VALUE_RNG.normal(size=(5, D))
+_Y = _VALUE_RNG.normal(size=5)
+
+
+def value_np(x):
+  """Zeno's validation loss in float64 on a flat parameter vector."""
+  return 0.5 * np.mean((_M @ x - _Y) ** 2)
+
+
+def value_fn(params):
+  """The same loss on the params pytree (the server's validation batch)."""
+  x = jnp.concatenate([params["b"], params["w"].reshape(-1)])
+  return 0.5 * jnp.mean((jnp.asarray(_M, jnp.float32) @ x
+                         - jnp.asarray(_Y, jnp.float32)) ** 2)
+
+
+PARAMS0 = to_tree(np.zeros(D))
+
+
+def battery(seed, count=3):
+  """Honest Gaussian stacks plus stacks with exact ties and duplicates."""
+  rng = np.random.default_rng(seed)
+  stacks = []
+  for _ in range(count):
+    x = rng.normal(size=(N, D))
+    stacks.append(("gaussian", x))
+    lattice = rng.integers(-2, 3, size=(N, D)).astype(float)
+    stacks.append(("lattice", lattice))  # Exact ties in values, distances.
+    mimic = x.copy()
+    rows = rng.choice(N, F + 1, replace=False)
+    mimic[rows[1:]] = mimic[rows[0]]  # Mimic: F exact copies of one row.
+    stacks.append(("mimic", mimic))
+    dup = rng.normal(size=(N, D))
+    dup[rng.choice(N, 2, replace=False)] = dup[0]  # Honest duplicates too.
+    dup[rng.choice(N, 2, replace=False)] = dup[1]
+    stacks.append(("duplicates", dup))
+    outliers = rng.normal(size=(N, D))
+    rows = rng.choice(N, F, replace=False)
+    outliers[rows] = rng.normal(size=(F, D)) * 30 + 5
+    stacks.append(("outliers", outliers))
+  return [(kind, x.astype(np.float32)) for kind, x in stacks]
+
+
+BAD_KINDS = ("nan", "+inf", "-inf", "mixed", "one_entry", "huge")
+
+
+def byzantine_stack(rng, kind):
+  """Honest Gaussian rows with F Byzantine rows at random positions."""
+  x = rng.normal(size=(N, D)).astype(np.float32)
+  rows = rng.choice(N, F, replace=False)
+  for k, row in enumerate(rows):
+    if kind == "nan":
+      x[row] = np.nan
+    elif kind == "+inf":
+      x[row] = np.inf
+    elif kind == "-inf":
+      x[row] = -np.inf
+    elif kind == "mixed":  # NaN, +inf, -inf and finite entries in one row.
+      x[row] = rng.choice(np.array([np.nan, np.inf, -np.inf, 1.0],
+                                   np.float32), size=D)
+      x[row, k % D] = np.nan
+    elif kind == "one_entry":
+      x[row, rng.integers(D)] = (np.nan, np.inf, -np.inf)[k % 3]
+    elif kind == "huge":  # Finite, but their squares overflow float32.
+      x[row] = np.float32(3e38) * rng.choice([-1, 1], size=D)
+  return x, np.sort(rows)
+
+
+# ------------------------------------------------------------ references
+def ref_mean(x):
+  return np.asarray(x, np.float64).mean(0)
+
+
+def ref_geometric_median(x):
+  """argmin_z sum_i |z - x_i| in float64 (Weiszfeld 1937).
+
+  The minimiser is either a data point (checked directly: duplicates often
+  put it there) or the limit of Weiszfeld's iteration, run long from the
+  mean with a negligible smoothing.
+  """
+  x = np.asarray(x, np.float64)
+  z = x.mean(0)
+  for _ in range(2000):
+    beta = 1.0 / np.maximum(1e-12, np.linalg.norm(x - z, axis=1))
+    z = beta @ x / beta.sum()
+  return min([z] + list(x), key=lambda c: gm_objective(x, c))
+
+
+def gm_objective(x, z):
+  return np.linalg.norm(np.asarray(x, np.float64) - z, axis=1).sum()
+
+
+def stateless(fn):
+  """A reference factory for a rule without state: ``step(x, p, s)``."""
+  return lambda: (lambda x, params, state: fn(x))
+
+
+def krum_reference(x):
+  return np.asarray(x, np.float64)[test_krum.ref_krum_index(x, F)]
+
+
+def centered_clipping_reference():
+  history = []
+
+  def step(x, params, state):
+    del params, state
+    history.append(x)
+    return test_distance_rules.ref_centered_clipping(
+        history, CC_RADIUS, CC_ITERATIONS)[-1]
+
+  return step
+
+
+def byzantine_sgd_reference():
+  ref = test_byzantine_sgd._Reference(  # pylint: disable=protected-access
+      N, from_tree(PARAMS0), BSGD_V, BSGD_T, BSGD_T)
+  return lambda x, params, state: ref.step(x, from_tree(params))
+
+
+def zeno_reference(x, params, state):
+  del state
+  return test_zeno._reference(  # pylint: disable=protected-access
+      x, from_tree(params), value_np, ZENO_LR, ZENO_RHO, F)[0]
+
+
+def bucketing_then_median_reference(x, params, state):
+  del params
+  key, _ = jax.random.split(jax.random.wrap_key_data(state.pre[0].key))
+  perm = np.asarray(jax.random.permutation(key, N))
+  buckets = test_preaggregation.ref_bucketing(x, perm, BUCKET)
+  return test_coordinatewise.np_median(buckets)
+
+
+# ------------------------------------------------------------- the table
+EXACT = "exact"      # permuting the workers gives bit-identical outputs
+CLOSE = "close"      # ... equal to float tolerance (sums in worker order)
+TIES = "ties"        # ... equal unless the paper's rule itself ties
+SHUFFLE = "shuffle"  # random shuffle of the workers: see the test
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """How one registry entry is built and what it promises.
+
+  Attributes:
+    make: ``make(factory) -> AggregationRule`` from the registry's factory
+      (for a pre-aggregation, composed with a downstream rule).
+    reference: ``reference() -> step(x, params, state) -> [D]``, the NumPy
+      reference (stateful where the rule is); ``state`` is the rule's state
+      before the step (bucketing's shared key).
+    permutation: one of EXACT, CLOSE, TIES, SHUFFLE.
+    nonfinite: empty if up to ``F`` non-finite workers never reach the
+      output; otherwise the documented reason they do.
+    precondition: ``(n, message)``: the largest ``n`` that violates the
+      rule's precondition at ``F``, and the expected ``ValueError`` text.
+    bound: where the output must lie with ``F`` Byzantine workers:
+      "honest_range", "near_median", "near_trimmed_mean", "input" or "".
+    needs: required inputs beyond the stack: "init_params" (``init``),
+      "params" and "value_fn" (``update``).
+    compare: "allclose", or "objective" (geometric median: the sum of
+      distances of the output matches the reference's minimum).
+    varying_state: a state field (not per worker) that may differ when the
+      workers are permuted, and why (in a comment).
+  """
+
+  make: Callable[[Callable[..., Any]], aggregators.AggregationRule]
+  reference: Callable[[], Callable[..., np.ndarray]]
+  permutation: str
+  nonfinite: str = ""
+  precondition: tuple[int, str] | None = None
+  bound: str = ""
+  needs: tuple[str, ...] = ()
+  compare: str = "allclose"
+  varying_state: str = ""
+
+
+def _f_message(name, n):
+  return n, rf"{name} needs n > 2f.*got n={n}, f={F}"
+
+
+AGGREGATOR_ROWS = {
+    "mean": Row(
+        make=lambda make: make(),
+        reference=stateless(ref_mean),
+        permutation=CLOSE,
+        nonfinite="not robust by design: one NaN or infinite update makes "
+        "the mean non-finite (the docstring's 'Not robust')"),
+    "median": Row(
+        make=lambda make: make(num_byzantine=F),
+        reference=stateless(test_coordinatewise.np_median),
+        permutation=EXACT, precondition=_f_message("median", 2 * F),
+        bound="honest_range"),
+    "trimmed_mean": Row(
+        make=lambda make: make(F),
+        reference=stateless(
+            lambda x: test_coordinatewise.np_trimmed_mean(x, F)),
+        # The kept values are summed in an order that depends on the input
+        # order (order_stats prunes the sorting network to the multiset).
+        permutation=CLOSE, precondition=_f_message("trimmed_mean", 2 * F),
+        bound="honest_range"),
+    "mean_around_median": Row(
+        make=lambda make: make(F),
+        reference=stateless(lambda x: test_coordinatewise.np_meamed(x, F)),
+        permutation=CLOSE,  # As the trimmed mean; ties: see the notes.
+        precondition=_f_message("mean_around_median", 2 * F),
+        bound="near_median"),
+    "phocas": Row(
+        make=lambda make: make(F),
+        reference=stateless(lambda x: test_coordinatewise.np_phocas(x, F)),
+        permutation=CLOSE, precondition=_f_message("phocas", 2 * F),
+        bound="near_trimmed_mean"),
+    "geometric_median": Row(
+        make=lambda make: make(num_byzantine=F),
+        reference=stateless(ref_geometric_median),
+        permutation=CLOSE,
+        precondition=_f_message("geometric_median", 2 * F),
+        compare="objective",
+        # The stopping test (relative change <= 1e-7) sits at float32's
+        # rounding level: rounding, hence the input order, decides when it
+        # stops (e.g. 14 or 17 steps); the result agrees to tolerance.
+        varying_state="iterations"),
+    "krum": Row(
+        make=lambda make: make(F),
+        reference=stateless(krum_reference),
+        permutation=EXACT,
+        precondition=(2 * F + 2, rf"krum needs n > 2f \+ 2; got n={2 * F + 2}"
+                      rf", f={F}"),
+        bound="input"),
+    "multi_krum": Row(
+        make=lambda make: make(F),
+        reference=stateless(
+            lambda x: test_krum.ref_multi_krum(x, F, N - F)[0]),
+        permutation=CLOSE,
+        precondition=(2 * F + 2, rf"multi_krum needs n > 2f \+ 2; got "
+                      rf"n={2 * F + 2}, f={F}")),
+    "bulyan": Row(
+        make=lambda make: make(F),
+        reference=stateless(lambda x: test_bulyan.ref_bulyan(x, F)[0]),
+        # With f = 2 the last Krum round sums one neighbour: two mutual
+        # nearest neighbours always tie and the lower index wins.
+        permutation=TIES,
+        precondition=(4 * F + 2, rf"bulyan needs n >= 4f \+ 3; got "
+                      rf"n={4 * F + 2}, f={F}")),
+    "minimum_diameter_averaging": Row(
+        make=lambda make: make(F),
+        reference=stateless(lambda x: test_distance_rules.ref_mda(x, F)[0]),
+        # Subsets of equal diameter: the lexicographically first wins.
+        permutation=TIES,
+        precondition=_f_message("minimum_diameter_averaging", 2 * F)),
+    "static_clipping": Row(
+        make=lambda make: make(CLIP_NORM),
+        reference=stateless(
+            lambda x: test_distance_rules.ref_clip(x, CLIP_NORM).mean(0)),
+        permutation=CLOSE),
+    "adaptive_robust_clipping": Row(
+        make=lambda make: make(F),
+        reference=stateless(
+            lambda x: test_distance_rules.ref_arc(x, F).mean(0)),
+        permutation=CLOSE,
+        precondition=_f_message("adaptive_robust_clipping", 2 * F)),
+    "centered_clipping": Row(
+        make=lambda make: make(CC_RADIUS, iterations=CC_ITERATIONS),
+        reference=centered_clipping_reference,
+        permutation=CLOSE, needs=("init_params",)),
+    "byzantine_sgd": Row(
+        make=lambda make: make(BSGD_V, threshold_a=BSGD_T,
+                               threshold_b=BSGD_T, num_byzantine=F),
+        reference=byzantine_sgd_reference,
+        # B_med and g_med are the lowest-index worker with a majority of
+        # neighbours (the paper: "any"); the filter is relative to them.
+        permutation=TIES, precondition=_f_message("byzantine_sgd", 2 * F),
+        needs=("init_params", "params")),
+    "zeno": Row(
+        make=lambda make: make(F, learning_rate=ZENO_LR, rho=ZENO_RHO),
+        reference=lambda: zeno_reference,
+        permutation=CLOSE,
+        precondition=(F, rf"zeno needs 0 <= b < n .*got n={F}, b={F}"),
+        needs=("params", "value_fn")),
+}
+
+PREAGGREGATOR_ROWS = {
+    "adaptive_robust_clipping": Row(
+        make=lambda make: aggregators.pre_aggregated(
+            make(F), aggregators.trimmed_mean(F)),
+        reference=stateless(lambda x: test_coordinatewise.np_trimmed_mean(
+            test_distance_rules.ref_arc(x, F), F)),
+        permutation=CLOSE,
+        precondition=_f_message("adaptive_robust_clipping", 2 * F)),
+    "bucketing": Row(
+        make=lambda make: aggregators.pre_aggregated(
+            make(BUCKET), aggregators.median(F)),
+        reference=lambda: bucketing_then_median_reference,
+        permutation=SHUFFLE,
+        # The downstream median sees ceil(n / 2) rows: n = 8 gives 4 <= 2f.
+        precondition=(2 * BUCKET * F, rf"median needs n > 2f; got n={2 * F}, "
+                      rf"f={F}")),
+    "nearest_neighbor_mixing": Row(  # Then TrMean, as Allouah et al.
+        make=lambda make: aggregators.pre_aggregated(
+            make(F), aggregators.trimmed_mean(F)),
+        reference=stateless(lambda x: test_coordinatewise.np_trimmed_mean(
+            test_preaggregation.ref_nnm(x, F), F)),
+        permutation=CLOSE,
+        precondition=_f_message("nearest_neighbor_mixing", 2 * F)),
+    "static_clipping": Row(
+        make=lambda make: aggregators.pre_aggregated(
+            make(CLIP_NORM), aggregators.median(F)),
+        reference=stateless(lambda x: test_coordinatewise.np_median(
+            test_distance_rules.ref_clip(x, CLIP_NORM))),
+        permutation=EXACT, precondition=_f_message("median", 2 * F)),
+}
+
+REGISTRIES = {"aggregator": aggregators.AGGREGATORS,
+              "preaggregator": aggregators.PREAGGREGATORS}
+TABLES = {"aggregator": AGGREGATOR_ROWS, "preaggregator": PREAGGREGATOR_ROWS}
+KEYS = [(kind, name) for kind in sorted(REGISTRIES)
+        for name in sorted(REGISTRIES[kind])]
+IDS = [f"{kind}:{name}" for kind, name in KEYS]
+BOUNDED = [(kind, name) for kind, name in KEYS
+           if name in TABLES[kind] and TABLES[kind][name].bound]
+
+
+def row_of(key) -> Row:
+  kind, name = key
+  if name not in TABLES[kind]:
+    pytest.fail(f"{kind} {name!r} is registered but has no row in "
+                f"tests/test_robust_rules.py: add one")
+  return TABLES[kind][name]
+
+
+def build(key) -> aggregators.AggregationRule:
+  kind, name = key
+  return row_of(key).make(REGISTRIES[kind][name])
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(key):
+  """``(rule, jitted update, trace counter)``, one per row for all tests.
+
+  Every rule receives params and ``value_fn``; to all but Zeno,
+  ``value_fn`` is an unknown extra argument.
+  """
+  rule = build(key)
+  traces = [0]
+
+  def update(stack, state, params):
+    traces[0] += 1
+    return rule.update(stack, state, params, value_fn=value_fn)
+
+  return rule, jax.jit(update), traces
+
+
+def init_state(key):
+  rule, _, _ = compiled(key)
+  return rule.init(PARAMS0, N)
+
+
+def per_worker(leaf) -> bool:
+  """State leaves with a leading worker axis (params here never start
+  with N: their leading sizes are 2)."""
+  return jnp.ndim(leaf) >= 1 and jnp.shape(leaf)[0] == N
+
+
+def permute_state(state, perm):
+  return jax.tree.map(lambda l: l[perm] if per_worker(l) else l, state)
+
+
+@pytest.fixture(params=KEYS, ids=IDS)
+def key(request):
+  row_of(request.param)
+  return request.param
+
+
+# ---------------------------------------------------------------- tests
+def test_every_registry_entry_has_a_row():
+  for kind, registry in REGISTRIES.items():
+    assert sorted(TABLES[kind]) == sorted(registry), kind
+
+
+def test_differential_against_numpy_references(key):
+  """Many random stacks, with exact ties and duplicates, against NumPy.
+
+  Stateful rules run the battery as a sequence of steps, the reference
+  alongside, each at new params.
+  """
+  row = row_of(key)
+  _, update, _ = compiled(key)
+  reference = row.reference()
+  rng = np.random.default_rng(5)
+  state = init_state(key)
+  for step, (kind, x) in enumerate(battery(seed=17)):
+    params = to_tree(rng.normal(size=D))
+    want = reference(x, params, state)
+    out, state = update(to_tree(x), state, params)
+    got = from_tree(out)
+    msg = f"step {step} ({kind})"
+    assert np.all(np.isfinite(got)), msg
+    if row.compare == "objective":
+      np.testing.assert_allclose(gm_objective(x, got), gm_objective(x, want),
+                                 rtol=1e-5, err_msg=msg)
+      np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3,
+                                 err_msg=msg)
+    else:
+      np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5,
+                                 err_msg=msg)
+
+
+def test_nonfinite_inputs_from_f_workers(key):
+  """Up to F NaN/inf workers, at random positions, never reach the output.
+
+  Rows whose table entry says otherwise (the mean) must then give a
+  non-finite output, as documented.
+  """
+  row = row_of(key)
+  _, update, _ = compiled(key)
+  rng = np.random.default_rng(6)
+  for kind in BAD_KINDS:
+    for trial in range(3):
+      x, rows = byzantine_stack(rng, kind)
+      out, _ = update(to_tree(x), init_state(key), PARAMS0)
+      finite = np.all(np.isfinite(from_tree(out)))
+      msg = f"{kind} #{trial}: Byzantine rows {rows}, input\n{x}"
+      if not row.nonfinite:
+        assert finite, msg
+      elif kind != "one_entry" or trial == 0:
+        assert not finite, f"{row.nonfinite}; yet finite on {msg}"
+
+
+def test_permutation_invariance(key):
+  """Permuting the workers (and per-worker state) leaves the output alone.
+
+  Inputs are continuous (no ties); stateful rules are permuted after two
+  steps, so that their per-worker statistics differ.
+  """
+  row = row_of(key)
+  _, update, _ = compiled(key)
+  rng = np.random.default_rng(7)
+  state = init_state(key)
+  warmup = []
+  for _ in range(2):
+    warmup.append((rng.normal(size=(N, D)).astype(np.float32),
+                   to_tree(rng.normal(size=D))))
+    _, state = update(to_tree(warmup[-1][0]), state, warmup[-1][1])
+  for trial in range(4):
+    x = rng.normal(size=(N, D)).astype(np.float32)
+    x[rng.choice(N, F, replace=False)] += 4.0
+    perm = rng.permutation(N)
+    params = to_tree(rng.normal(size=D))
+    out, new_state = update(to_tree(x), state, params)
+    out_p, new_state_p = update(to_tree(x[perm]), permute_state(state, perm),
+                                params)
+    a, b = from_tree(out), from_tree(out_p)
+    msg = f"trial {trial}, permutation {perm}"
+    if row.permutation == EXACT:
+      np.testing.assert_array_equal(b, a, err_msg=msg)
+    elif row.permutation == CLOSE:
+      np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=msg)
+    elif row.permutation == TIES:
+      # The reference breaks ties by the lowest index too: where it gives
+      # the same result in both orders, so must the rule; elsewhere the
+      # rule must match it in each order.
+      ref, ref_p = row.reference(), row.reference()
+      for wx, wp in warmup:
+        ref(wx, wp, None)
+        ref_p(wx[perm], wp, None)
+      want, want_p = ref(x, params, None), ref_p(x[perm], params, None)
+      if np.allclose(want, want_p, rtol=1e-6, atol=1e-7):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=msg)
+      else:
+        np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-5,
+                                   err_msg=msg)
+        np.testing.assert_allclose(b, want_p, rtol=1e-5, atol=1e-5,
+                                   err_msg=msg)
+    else:
+      assert row.permutation == SHUFFLE
+      # Bucketing draws its own permutation, so a permuted input changes
+      # which workers share a bucket: invariant in distribution only. What
+      # holds exactly is that the buckets partition the workers: the
+      # bucket means, weighted by bucket sizes, sum to the same total.
+      stage = REGISTRIES[key[0]][key[1]](BUCKET)
+      sizes = np.array([min(BUCKET, N - b * BUCKET)
+                        for b in range(-(-N // BUCKET))])
+      totals = [sizes @ np.asarray(stage.update(x_, state.pre[0])[0],
+                                   np.float64)
+                for x_ in (x, x[perm])]
+      np.testing.assert_allclose(totals[1], totals[0], rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(totals[0], x.astype(np.float64).sum(0),
+                                 rtol=1e-5, atol=1e-5)
+    if row.permutation == TIES:
+      continue
+    fields = jax.tree_util.tree_flatten_with_path(
+        permute_state(new_state, perm))[0]
+    for (path, s), s_p in zip(fields, jax.tree.leaves(new_state_p)):
+      if row.varying_state and row.varying_state in jax.tree_util.keystr(
+          path):
+        continue
+      np.testing.assert_allclose(s_p, s, rtol=1e-5, atol=1e-6,
+                                 err_msg=f"{msg}, state {path}")
+
+
+@pytest.mark.parametrize("key", BOUNDED, ids=lambda k: f"{k[0]}:{k[1]}")
+def test_output_stays_within_the_documented_bound(key):
+  """Median and trimmed mean: within the honest range per coordinate.
+
+  MeaMed and Phocas only within the honest values' largest distance to
+  their centre (median or trimmed mean; see
+  third_party_notes/coordinatewise_rules.md); Krum returns an honest input.
+  """
+  row = row_of(key)
+  _, update, _ = compiled(key)
+  rng = np.random.default_rng(8)
+  for kind in BAD_KINDS + ("outliers",):
+    for _ in range(3):
+      if kind == "outliers":
+        x, rows = byzantine_stack(rng, "nan")
+        x[rows] = rng.normal(size=(F, D)) * 1e3
+      else:
+        x, rows = byzantine_stack(rng, kind)
+      honest = np.delete(x, rows, axis=0).astype(np.float64)
+      out = from_tree(update(to_tree(x), init_state(key), PARAMS0)[0])
+      msg = f"{kind}: Byzantine rows {rows}"
+      if row.bound == "input":
+        assert any(np.array_equal(out, h) for h in honest), msg
+        continue
+      if row.bound == "honest_range":
+        centre, reach = None, None
+        low, high = honest.min(0), honest.max(0)
+      else:
+        sane = np.where(np.isnan(x), np.inf, x).astype(np.float64)
+        centre = (test_coordinatewise.np_median(sane)
+                  if row.bound == "near_median" else
+                  test_coordinatewise.np_trimmed_mean(sane, F))
+        reach = np.abs(honest - centre).max(0) * (1 + 1e-6) + 1e-6
+        low, high = centre - reach, centre + reach
+      assert np.all(out >= low - 1e-6) and np.all(out <= high + 1e-6), msg
+
+
+def test_trimmed_mean_with_f_zero_is_the_mean():
+  rng = np.random.default_rng(9)
+  tree = to_tree(rng.normal(size=(N, D)))
+  trimmed = aggregators.AGGREGATORS["trimmed_mean"](0)
+  mean = aggregators.AGGREGATORS["mean"]()
+  got = jax.jit(trimmed.update)(tree, trimmed.init(None, N))[0]
+  want = jax.jit(mean.update)(tree, mean.init(None, N))[0]
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+def test_jits_once_and_state_keeps_its_structure_dtype_and_shape(key):
+  """A second call, fed the first call's state, reuses the compilation."""
+  _, update, traces = compiled(key)
+  state0 = init_state(key)
+  rng = np.random.default_rng(10)
+  state = state0
+  for _ in range(3):
+    _, state = update(to_tree(rng.normal(size=(N, D))), state,
+                      to_tree(rng.normal(size=D)))
+  assert traces[0] == 1 and update._cache_size() == 1  # pylint: disable=protected-access
+  assert jax.tree.structure(state) == jax.tree.structure(state0)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state0)):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert (getattr(a, "weak_type", False) ==
+            getattr(jnp.asarray(b), "weak_type", False))
+
+
+def test_unknown_extra_args_are_ignored(key):
+  """Extra keyword arguments a rule does not know change nothing.
+
+  Compared on the traced programs (no compilation): identical jaxprs.
+  """
+  rule = compiled(key)[0]
+  stack, state = to_tree(np.ones((N, D))), init_state(key)
+
+  def program(**extra):
+    return str(jax.make_jaxpr(
+        lambda s, st, p: rule.update(s, st, p, value_fn=value_fn, **extra))(
+            stack, state, PARAMS0))
+
+  assert program() == program(value=jnp.float32(2.0), unknown_arg="x",
+                              staleness=3)
+
+
+def test_required_inputs_are_checked(key):
+  """What the row says a rule needs raises ValueError when missing; what
+  it does not need may be left out."""
+  row = row_of(key)
+  rule = compiled(key)[0]
+  stack = to_tree(np.ones((N, D)))
+  if "init_params" in row.needs:
+    with pytest.raises(ValueError, match="params"):
+      rule.init(None, N)
+    state = init_state(key)
+  else:
+    state = rule.init(None, N)
+  for arg in ("params", "value_fn"):
+    given = {"params": PARAMS0, "value_fn": value_fn}
+    del given[arg]
+    call = lambda given=given: jax.eval_shape(
+        lambda s, st: rule.update(s, st, **given), stack, state)
+    if arg in row.needs:
+      with pytest.raises(ValueError, match=arg):
+        call()
+    else:
+      call()
+
+
+def test_preconditions_name_n_and_f(key):
+  row = row_of(key)
+  if row.precondition is None:
+    # Rules without an f: any n >= 1 is accepted.
+    compiled(key)[0].init(PARAMS0, 1)
+    return
+  n, message = row.precondition
+  rule = compiled(key)[0]
+  with pytest.raises(ValueError, match=message):
+    rule.init(PARAMS0, n)
+  state = init_state(key)
+  with pytest.raises(ValueError, match=message):  # At trace, from the stack.
+    jax.jit(lambda s, st: rule.update(s, st, PARAMS0, value_fn=value_fn))(
+        to_tree(np.ones((n, D))), state)
+  rule.init(PARAMS0, n + 1)  # The bound is exact.
+
+
+def test_inside_aggregate_under_simulate(key):
+  """``dist.aggregate(rule)`` under ``dist.simulate`` with mimic attackers
+  at random positions: every worker applies the rule's own result."""
+  _, update, _ = compiled(key)
+  lr = 0.1
+  rng = np.random.default_rng(11)
+  byzantine = np.zeros(N, bool)
+  byzantine[rng.choice(N, F, replace=False)] = True
+  target = int(rng.choice(np.flatnonzero(~byzantine)))
+  tx = optax.chain(
+      alg.attacks.mimic(byzantine_mask=tuple(byzantine), target=target),
+      dist.aggregate(build(key)), optax.sgd(lr))
+
+  def loss_fn(params, centre):
+    return 0.5 * sum(jnp.sum((p - c) ** 2) for p, c in zip(
+        jax.tree.leaves(params), jax.tree.leaves(centre)))
+
+  run = dist.simulate(
+      dist.data_parallel(loss_fn, tx,
+                         extra_args=lambda s: {"value_fn": value_fn}),
+      num_workers=N)
+  state = run.init(PARAMS0)
+  params, rule_state = PARAMS0, init_state(key)
+  for _ in range(2):
+    centres = rng.normal(size=(N, D)).astype(np.float32)
+    state, metrics = run.step(state, to_tree(centres))
+    grads = from_tree(params)[None, :] - centres
+    grads[byzantine] = grads[target]  # What the mimic attackers send.
+    out, rule_state = update(to_tree(grads), rule_state, params)
+    params = jax.tree.map(lambda p, o: p - lr * o, params, out)
+    got = from_tree(state.params)
+    np.testing.assert_array_equal(got, np.broadcast_to(got[:1], got.shape))
+    np.testing.assert_allclose(got[0], from_tree(params), rtol=1e-5,
+                               atol=1e-6)
+    assert metrics["all_gather_bytes"].shape == (N,)
