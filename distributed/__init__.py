@@ -15,6 +15,8 @@ from distoptax.distributed.comm_stats import CommStats
 from distoptax.distributed.comm_stats import find_comm_stats
 from distoptax.distributed.comm_stats import total_bytes
 from distoptax.distributed.comm_stats import total_coded_bytes
+from distoptax.distributed.powersgd import powersgd
+from distoptax.distributed.powersgd import PowerSGDState
 from distoptax.distributed.runtime import data_parallel
 from distoptax.distributed.runtime import on_mesh
 from distoptax.distributed.runtime import Runtime
@@ -44,6 +46,7 @@ __all__ = [
     "LogNormalDelay",
     "NoStragglers",
     "ParetoDelay",
+    "PowerSGDState",
     "Runtime",
     "STRAGGLERS",
     "StepTime",
@@ -61,6 +64,7 @@ __all__ = [
     "make_straggler",
     "num_workers",
     "on_mesh",
+    "powersgd",
     "parameter_server_seconds",
     "pmean",
     "psum",

@@ -39,6 +39,18 @@ def _on_all_devices(step: dist.WorkerStep, num_workers: int) -> dist.Runtime:
   return dist.on_mesh(step, mesh, num_workers)
 
 
+COMMUNICATORS = types.MappingProxyType({
+    "powersgd": dist.powersgd,
+})
+"""Compressors that are whole transformations (several collective rounds),
+used in place of ``aggregate(mean)`` rather than inside it."""
+
+
+def compressor_names() -> list[str]:
+  """Every name ``--compressor`` accepts."""
+  return sorted((*alg.compressors.COMPRESSORS, *COMMUNICATORS))
+
+
 DATA_ATTACKS = ("label_flip",)
 """Attacks applied to the Byzantine workers' sampled batches, not updates."""
 

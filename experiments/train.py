@@ -82,7 +82,9 @@ _FLAGS = {
     "compressor": flags.DEFINE_string(
         "compressor", _D.compressor,
         "How workers encode what they send: "
-        + ", ".join(sorted(alg.compressors.COMPRESSORS)) + "."),
+        + ", ".join(registries.compressor_names())
+        + " (powersgd replaces the mean's all-reduce and keeps its own "
+        "error feedback)."),
     "compressor_params": flags.DEFINE_list(
         "compressor_params", [], "Compressor parameters as key=value."),
     "error_feedback": flags.DEFINE_bool(

@@ -153,12 +153,36 @@ def aggregation_rule(config: TrainConfig) -> alg.aggregators.AggregationRule:
   return alg.aggregators.pre_aggregated(pre, rule)
 
 
-def compressor(config: TrainConfig) -> alg.compressors.Compressor:
-  """The configured compressor with its parameters."""
-  return registries.call_with_params(
-      registries.lookup(alg.compressors.COMPRESSORS, config.compressor,
-                        "compressor"),
-      dict(config.compressor_params), "compressor", _run_context(config))
+def communication(config: TrainConfig) -> optax.GradientTransformation:
+  """The transform that communicates and aggregates the workers' updates.
+
+  ``aggregate(rule, compressor, error_feedback)`` for a registered
+  compressor; the PowerSGD transformation (which has rounds of its own and
+  its own error feedback) in place of the mean's all-reduce.
+  """
+  params = dict(config.compressor_params)
+  if config.compressor in registries.COMMUNICATORS:
+    if (config.aggregator, config.preaggregation) != ("mean", "none"):
+      raise ValueError(
+          f"compressor {config.compressor!r} averages by itself; it needs "
+          f"aggregator='mean' and preaggregation='none', got "
+          f"{config.aggregator!r} and {config.preaggregation!r}")
+    if config.error_feedback:
+      raise ValueError(
+          f"compressor {config.compressor!r} keeps its own error feedback "
+          "(on by default; --compressor_params=error_feedback=0 turns it "
+          "off); drop --error_feedback")
+    return registries.call_with_params(
+        registries.COMMUNICATORS[config.compressor], params, "compressor",
+        _run_context(config))
+  compressor = registries.call_with_params(
+      registries.lookup(
+          {**alg.compressors.COMPRESSORS, **registries.COMMUNICATORS},
+          config.compressor, "compressor"),
+      params, "compressor", _run_context(config))
+  return dist.aggregate(aggregation_rule(config), compressor=compressor,
+                        error_feedback=config.error_feedback,
+                        seed=config.seed)
 
 
 def update_attack(config: TrainConfig) -> optax.GradientTransformation | None:
@@ -266,8 +290,7 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
   attack = update_attack(config)
   tx = optax.chain(
       *(() if attack is None else (attack,)),
-      dist.aggregate(aggregation_rule(config), compressor=compressor(config),
-                     error_feedback=config.error_feedback, seed=config.seed),
+      communication(config),
       optimizer(config.learning_rate, config.momentum))
   worker_step = dist.data_parallel(
       loss_fn, tx, extra_args=_validation_oracle(
