@@ -1,17 +1,18 @@
 """Properties of every registered aggregation rule and pre-aggregation.
 
-``ROWS`` holds one row per entry of ``aggregators.AGGREGATORS`` and
-``aggregators.PREAGGREGATORS``: how to build it for ``N`` workers of which
-``F`` are Byzantine (through the registry's own factory), its NumPy
-reference, and which form of each property it promises. A registry entry
-without a row fails ``test_every_registry_entry_has_a_row`` and every test
-parametrized over it. A pre-aggregation is tested composed with the robust
-rule named in its row.
+``AGGREGATOR_ROWS`` and ``PREAGGREGATOR_ROWS`` hold one row per entry of
+``aggregators.AGGREGATORS`` and ``aggregators.PREAGGREGATORS``: how to build
+it for ``N`` workers of which ``F`` are Byzantine (through the registry's
+own factory), its NumPy reference, and which form of each property it
+promises. A registry entry without a row fails
+``test_every_registry_entry_has_a_row`` and every test parametrized over
+it. A pre-aggregation is tested composed with the rule named in its row.
 
 Where a property does not hold by design, the row says why and the test
-asserts the documented behaviour instead (the mean propagates non-finite
-inputs; bucketing shuffles the workers; Bulyan and MDA break exact ties by
-worker index).
+asserts the documented behaviour instead: the mean propagates non-finite
+inputs; bucketing shuffles the workers; Bulyan, MDA and Byzantine SGD break
+exact ties by worker index; sums over workers are permutation invariant
+only to rounding.
 
 References: most come from the per-rule test files, each written from its
 paper (``tests/test_coordinatewise.py``: median, trimmed mean, MeaMed,
@@ -21,7 +22,8 @@ Phocas; ``test_krum.py``: Krum, Multi-Krum; ``test_bulyan.py``;
 ``test_byzantine_sgd.py``). The mean and the geometric median (as the
 minimiser of the sum of distances, not as an iteration) are written here.
 The differential test runs every row on the same battery, which includes
-exact ties (small-integer lattices) and exact duplicates (mimic copies).
+exact ties between values (small-integer lattices), between different
+vectors (mirror-symmetric stacks) and exact duplicates (mimic copies).
 
 All tests share one jitted ``update`` per row (the same shapes throughout),
 so each rule compiles once here, plus once under ``dist.simulate``.
@@ -29,6 +31,7 @@ so each rule compiles once here, plus once under ``dist.simulate``.
 
 import dataclasses
 import functools
+import re
 from typing import Any, Callable
 
 import jax
@@ -61,7 +64,7 @@ BUCKET = 2
 
 # ----------------------------------------------------------------- the data
 def to_tree(x):
-  """``[..., n, 8]`` -> the pytree ``{"b": [..., n, 2], "w": [..., n, 2, 3]}``."""
+  """``[..., n, 8]`` -> ``{"b": [..., n, 2], "w": [..., n, 2, 3]}``."""
   x = jnp.asarray(x, jnp.float32)
   return {"b": x[..., :2], "w": x[..., 2:].reshape(x.shape[:-1] + (2, 3))}
 
@@ -94,6 +97,21 @@ def value_fn(params):
 PARAMS0 = to_tree(np.zeros(D))
 
 
+def mirror_stack(rng):
+  """Pairs of lattice rows that differ only in the sign of coordinate 0.
+
+  The stack is symmetric under that reflection, so every score, distance
+  and neighbourhood of a row equals its mirror's (exactly: small integers),
+  and selection rules tie between two *different* vectors: the output shows
+  which index wins. The last row, on the mirror plane, is an outlier.
+  """
+  half = rng.integers(-2, 3, size=(N // 2, D)).astype(float)
+  half[:, 0] = rng.choice([-2.0, -1.0, 1.0, 2.0], size=N // 2)
+  mirrored = half * np.r_[-1.0, np.ones(D - 1)]
+  outlier = np.r_[0.0, np.full(D - 1, 9.0)]
+  return np.concatenate([half, mirrored, outlier[None]])[rng.permutation(N)]
+
+
 def battery(seed, count=3):
   """Honest Gaussian stacks plus stacks with exact ties and duplicates."""
   rng = np.random.default_rng(seed)
@@ -103,9 +121,11 @@ def battery(seed, count=3):
     stacks.append(("gaussian", x))
     lattice = rng.integers(-2, 3, size=(N, D)).astype(float)
     stacks.append(("lattice", lattice))  # Exact ties in values, distances.
+    stacks.append(("mirror", mirror_stack(rng)))  # Ties between vectors.
     mimic = x.copy()
-    rows = rng.choice(N, F + 1, replace=False)
-    mimic[rows[1:]] = mimic[rows[0]]  # Mimic: F exact copies of one row.
+    central = np.argmin(np.linalg.norm(x - x.mean(0), axis=1))
+    others = rng.choice(np.delete(np.arange(N), central), F, replace=False)
+    mimic[others] = mimic[central]  # Mimic: F copies of a central row.
     stacks.append(("mimic", mimic))
     dup = rng.normal(size=(N, D))
     dup[rng.choice(N, 2, replace=False)] = dup[0]  # Honest duplicates too.
@@ -251,8 +271,9 @@ class Row:
   varying_state: str = ""
 
 
-def _f_message(name, n):
-  return n, rf"{name} needs n > 2f.*got n={n}, f={F}"
+def _precondition(name, n, need="n > 2f", f_name="f"):
+  """``(n, the ValueError text)`` for a violating ``n``."""
+  return n, re.escape(f"{name} needs {need}") + rf".*got n={n}, {f_name}={F}"
 
 
 AGGREGATOR_ROWS = {
@@ -265,7 +286,7 @@ AGGREGATOR_ROWS = {
     "median": Row(
         make=lambda make: make(num_byzantine=F),
         reference=stateless(test_coordinatewise.np_median),
-        permutation=EXACT, precondition=_f_message("median", 2 * F),
+        permutation=EXACT, precondition=_precondition("median", 2 * F),
         bound="honest_range"),
     "trimmed_mean": Row(
         make=lambda make: make(F),
@@ -273,24 +294,24 @@ AGGREGATOR_ROWS = {
             lambda x: test_coordinatewise.np_trimmed_mean(x, F)),
         # The kept values are summed in an order that depends on the input
         # order (order_stats prunes the sorting network to the multiset).
-        permutation=CLOSE, precondition=_f_message("trimmed_mean", 2 * F),
+        permutation=CLOSE, precondition=_precondition("trimmed_mean", 2 * F),
         bound="honest_range"),
     "mean_around_median": Row(
         make=lambda make: make(F),
         reference=stateless(lambda x: test_coordinatewise.np_meamed(x, F)),
         permutation=CLOSE,  # As the trimmed mean; ties: see the notes.
-        precondition=_f_message("mean_around_median", 2 * F),
+        precondition=_precondition("mean_around_median", 2 * F),
         bound="near_median"),
     "phocas": Row(
         make=lambda make: make(F),
         reference=stateless(lambda x: test_coordinatewise.np_phocas(x, F)),
-        permutation=CLOSE, precondition=_f_message("phocas", 2 * F),
+        permutation=CLOSE, precondition=_precondition("phocas", 2 * F),
         bound="near_trimmed_mean"),
     "geometric_median": Row(
         make=lambda make: make(num_byzantine=F),
         reference=stateless(ref_geometric_median),
         permutation=CLOSE,
-        precondition=_f_message("geometric_median", 2 * F),
+        precondition=_precondition("geometric_median", 2 * F),
         compare="objective",
         # The stopping test (relative change <= 1e-7) sits at float32's
         # rounding level: rounding, hence the input order, decides when it
@@ -300,30 +321,27 @@ AGGREGATOR_ROWS = {
         make=lambda make: make(F),
         reference=stateless(krum_reference),
         permutation=EXACT,
-        precondition=(2 * F + 2, rf"krum needs n > 2f \+ 2; got n={2 * F + 2}"
-                      rf", f={F}"),
+        precondition=_precondition("krum", 2 * F + 2, "n > 2f + 2"),
         bound="input"),
     "multi_krum": Row(
         make=lambda make: make(F),
         reference=stateless(
             lambda x: test_krum.ref_multi_krum(x, F, N - F)[0]),
         permutation=CLOSE,
-        precondition=(2 * F + 2, rf"multi_krum needs n > 2f \+ 2; got "
-                      rf"n={2 * F + 2}, f={F}")),
+        precondition=_precondition("multi_krum", 2 * F + 2, "n > 2f + 2")),
     "bulyan": Row(
         make=lambda make: make(F),
         reference=stateless(lambda x: test_bulyan.ref_bulyan(x, F)[0]),
         # With f = 2 the last Krum round sums one neighbour: two mutual
         # nearest neighbours always tie and the lower index wins.
         permutation=TIES,
-        precondition=(4 * F + 2, rf"bulyan needs n >= 4f \+ 3; got "
-                      rf"n={4 * F + 2}, f={F}")),
+        precondition=_precondition("bulyan", 4 * F + 2, "n >= 4f + 3")),
     "minimum_diameter_averaging": Row(
         make=lambda make: make(F),
         reference=stateless(lambda x: test_distance_rules.ref_mda(x, F)[0]),
         # Subsets of equal diameter: the lexicographically first wins.
         permutation=TIES,
-        precondition=_f_message("minimum_diameter_averaging", 2 * F)),
+        precondition=_precondition("minimum_diameter_averaging", 2 * F)),
     "static_clipping": Row(
         make=lambda make: make(CLIP_NORM),
         reference=stateless(
@@ -334,7 +352,7 @@ AGGREGATOR_ROWS = {
         reference=stateless(
             lambda x: test_distance_rules.ref_arc(x, F).mean(0)),
         permutation=CLOSE,
-        precondition=_f_message("adaptive_robust_clipping", 2 * F)),
+        precondition=_precondition("adaptive_robust_clipping", 2 * F)),
     "centered_clipping": Row(
         make=lambda make: make(CC_RADIUS, iterations=CC_ITERATIONS),
         reference=centered_clipping_reference,
@@ -345,13 +363,14 @@ AGGREGATOR_ROWS = {
         reference=byzantine_sgd_reference,
         # B_med and g_med are the lowest-index worker with a majority of
         # neighbours (the paper: "any"); the filter is relative to them.
-        permutation=TIES, precondition=_f_message("byzantine_sgd", 2 * F),
+        permutation=TIES, precondition=_precondition("byzantine_sgd", 2 * F),
         needs=("init_params", "params")),
     "zeno": Row(
         make=lambda make: make(F, learning_rate=ZENO_LR, rho=ZENO_RHO),
         reference=lambda: zeno_reference,
         permutation=CLOSE,
-        precondition=(F, rf"zeno needs 0 <= b < n .*got n={F}, b={F}"),
+        # Zeno's f is b, the number of candidates it drops.
+        precondition=_precondition("zeno", F, "0 <= b < n", "b"),
         needs=("params", "value_fn")),
 }
 
@@ -362,28 +381,27 @@ PREAGGREGATOR_ROWS = {
         reference=stateless(lambda x: test_coordinatewise.np_trimmed_mean(
             test_distance_rules.ref_arc(x, F), F)),
         permutation=CLOSE,
-        precondition=_f_message("adaptive_robust_clipping", 2 * F)),
+        precondition=_precondition("adaptive_robust_clipping", 2 * F)),
     "bucketing": Row(
         make=lambda make: aggregators.pre_aggregated(
             make(BUCKET), aggregators.median(F)),
         reference=lambda: bucketing_then_median_reference,
         permutation=SHUFFLE,
         # The downstream median sees ceil(n / 2) rows: n = 8 gives 4 <= 2f.
-        precondition=(2 * BUCKET * F, rf"median needs n > 2f; got n={2 * F}, "
-                      rf"f={F}")),
+        precondition=(2 * BUCKET * F, _precondition("median", 2 * F)[1])),
     "nearest_neighbor_mixing": Row(  # Then TrMean, as Allouah et al.
         make=lambda make: aggregators.pre_aggregated(
             make(F), aggregators.trimmed_mean(F)),
         reference=stateless(lambda x: test_coordinatewise.np_trimmed_mean(
             test_preaggregation.ref_nnm(x, F), F)),
         permutation=CLOSE,
-        precondition=_f_message("nearest_neighbor_mixing", 2 * F)),
+        precondition=_precondition("nearest_neighbor_mixing", 2 * F)),
     "static_clipping": Row(
         make=lambda make: aggregators.pre_aggregated(
             make(CLIP_NORM), aggregators.median(F)),
         reference=stateless(lambda x: test_coordinatewise.np_median(
             test_distance_rules.ref_clip(x, CLIP_NORM))),
-        permutation=EXACT, precondition=_f_message("median", 2 * F)),
+        permutation=EXACT, precondition=_precondition("median", 2 * F)),
 }
 
 REGISTRIES = {"aggregator": aggregators.AGGREGATORS,
@@ -631,7 +649,8 @@ def test_jits_once_and_state_keeps_its_structure_dtype_and_shape(key):
   for _ in range(3):
     _, state = update(to_tree(rng.normal(size=(N, D))), state,
                       to_tree(rng.normal(size=D)))
-  assert traces[0] == 1 and update._cache_size() == 1  # pylint: disable=protected-access
+  assert traces[0] == 1
+  assert update._cache_size() == 1  # pylint: disable=protected-access
   assert jax.tree.structure(state) == jax.tree.structure(state0)
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state0)):
     assert a.shape == b.shape and a.dtype == b.dtype

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import optax
 
 from distoptax.algorithms.aggregators import base
+from distoptax.algorithms.aggregators import distances
+from distoptax.algorithms.aggregators import order_stats
 
 
 class ByzantineSGDState(NamedTuple):
@@ -79,56 +81,19 @@ def _flat_rows(leaf: jax.Array, n: int) -> jax.Array:
   return leaf.reshape(n, -1).astype(jnp.promote_types(leaf.dtype, jnp.float32))
 
 
-def _row_mask(mask: jax.Array, leaf: jax.Array) -> jax.Array:
-  return mask.reshape(mask.shape + (1,) * (leaf.ndim - 1))
-
-
-def _gram_sq_dists(leaves: list[jax.Array], finite: jax.Array,
-                   centre_of) -> jax.Array:
-  """Squared distances from one Gram matrix of rows minus a centre row."""
-  n = finite.shape[0]
-  gram = jnp.zeros((n, n), jnp.float32)
-  for x in leaves:
-    xc = jnp.where(finite[:, None], x - centre_of(x), 0.0)
-    gram = gram + lax.dot_general(
-        xc, xc, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST,
-        preferred_element_type=jnp.float32)
-  diag = jnp.diagonal(gram)
-  sq = jnp.maximum(diag[:, None] + diag[None, :] - 2.0 * gram, 0.0)
-  sq = jnp.where(jnp.eye(n, dtype=bool), 0.0, sq)
-  return jnp.where(finite[:, None] & finite[None, :], sq, jnp.inf)
-
-
-def _pairwise_sq_dists(tree: optax.Updates, n: int,
-                       usable: jax.Array) -> jax.Array:
+def _pairwise_sq_dists(tree: optax.Updates) -> jax.Array:
   """``[n, n]`` squared distances between the rows of a stacked pytree.
 
-  A row with a non-finite entry is at distance +inf from every row, itself
-  included. Distances come from Gram matrices at ``Precision.HIGHEST``, in
-  two passes so that one huge (finite) row cannot destroy the precision of
-  the others: the first Gram centres the rows on the mean of the finite
-  ``usable`` rows; the second centres them on a reference row, the finite
-  ``usable`` row with the smallest sum of distances to its ``n // 2``
-  nearest rows in the first pass (a Krum-like choice, lowest index on
-  ties), so the distances among the rows near that reference are exact to
-  rounding.
+  ``distances.distance_info`` (exact zero diagonal, +inf to and from a row
+  holding NaN or inf, robust to huge finite rows), except that a non-finite
+  row is at +inf from **itself** too: it must not count as its own
+  neighbour in the majority test, where a count of 1 could make it the
+  fallback centre and remove every worker.
   """
-  leaves = [_flat_rows(leaf, n) for leaf in jax.tree.leaves(tree)]
-  finite = jnp.ones((n,), bool)
-  for x in leaves:
-    finite = finite & jnp.all(jnp.isfinite(x), axis=1)
-  leaves = [jnp.where(finite[:, None], x, 0.0) for x in leaves]
-  usable = usable & finite
-  usable = jnp.where(jnp.any(usable), usable, finite)
-  weights = usable.astype(jnp.float32)
-  weights = weights / jnp.maximum(jnp.sum(weights), 1.0)
-  sq = _gram_sq_dists(leaves, finite,
-                      lambda x: _weighted_sum(weights, x)[None, :])
-  nearest = jnp.sort(sq, axis=1)[:, :n // 2 + 1]
-  spread = jnp.where(usable, jnp.sum(nearest, axis=1), jnp.inf)
-  ref = jnp.argmin(spread)
-  return _gram_sq_dists(leaves, finite,
-                        lambda x: lax.dynamic_slice_in_dim(x, ref, 1, 0))
+  info = distances.distance_info(tree)
+  n = info.nonfinite.shape[0]
+  self_inf = jnp.eye(n, dtype=bool) & info.nonfinite[:, None]
+  return jnp.where(self_inf, jnp.inf, info.squared_distances)
 
 
 def _majority_centre(sq: jax.Array, good: jax.Array, radius: float,
@@ -146,25 +111,6 @@ def _majority_centre(sq: jax.Array, good: jax.Array, radius: float,
   found = jnp.any(passing)
   centre = jnp.where(found, jnp.argmax(passing), jnp.argmax(counts))
   return centre, found
-
-
-def _median(x: jax.Array) -> jax.Array:
-  """Median of a vector, NaN mapped to +inf; even n: midpoint of the two."""
-  n = x.shape[0]
-  s = jnp.sort(jnp.where(jnp.isnan(x), jnp.inf, x))
-  if n % 2:
-    return s[n // 2]
-  return 0.5 * s[n // 2 - 1] + 0.5 * s[n // 2]
-
-
-def _weighted_sum(weights: jax.Array, x: jax.Array) -> jax.Array:
-  """``sum_i weights[i] * x[i]`` as a mat-vec (see ``base.sum_over_workers``)."""
-  acc = jnp.promote_types(x.dtype, jnp.float32)
-  out = lax.dot_general(weights.astype(acc), x.astype(acc),
-                        (((0,), (0,)), ((), ())),
-                        precision=lax.Precision.HIGHEST,
-                        preferred_element_type=acc)
-  return out.astype(x.dtype)
 
 
 def byzantine_sgd(
@@ -389,10 +335,10 @@ def byzantine_sgd(
                      stacked_updates)
 
     good = state.selected > 0
-    a_med = _median(a)
-    sq_b = _pairwise_sq_dists(b, n, good)
+    a_med = order_stats.median_over_workers(a)  # NaN counts as +inf.
+    sq_b = _pairwise_sq_dists(b)
     centre_b, found_b = _majority_centre(sq_b, good, t_b, n)
-    sq_g = _pairwise_sq_dists(stacked_updates, n, good)
+    sq_g = _pairwise_sq_dists(stacked_updates)
     centre_g, found_g = _majority_centre(sq_g, good, 2.0 * variance_bound, n)
 
     keep_a = jnp.abs(a - a_med) <= filter_scale * t_a
@@ -403,14 +349,9 @@ def byzantine_sgd(
     num_good = jnp.sum(new_good).astype(jnp.float32)
     denom = float(n) if divide_by_num_workers else jnp.maximum(num_good, 1.0)
     weights = new_good.astype(jnp.float32) / denom
-
-    def aggregate_leaf(leaf):
-      # Removed rows are zeroed, not weighted by 0 (0 * NaN = NaN).
-      clean = jnp.where(_row_mask(new_good, leaf), leaf,
-                        jnp.zeros((), leaf.dtype))
-      return _weighted_sum(weights, clean)
-
-    aggregated = jax.tree.map(aggregate_leaf, stacked_updates)
+    # Every non-finite row is removed, so flagging all removed rows leaves
+    # them out (not weighted by 0: 0 * NaN = NaN).
+    aggregated = distances.combine_rows(weights, stacked_updates, ~new_good)
     new_state = ByzantineSGDState(
         a=a, b=b, selected=new_good.astype(jnp.float32), x1=state.x1,
         count=state.count + 1,

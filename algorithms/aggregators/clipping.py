@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import optax
 
 from distoptax.algorithms.aggregators import base
+from distoptax.algorithms.aggregators import coordinatewise
 from distoptax.algorithms.aggregators import distances
-from distoptax.algorithms.aggregators import krum as krum_lib
 
 
 def _rows(leaf: jax.Array) -> jax.Array:
@@ -101,9 +101,8 @@ def arc_num_clipped(num_workers: int, num_byzantine: int) -> int:
   return (2 * num_byzantine * (num_workers - num_byzantine)) // num_workers
 
 
-def check_arc_workers(name: str, n: int, f: int) -> None:
-  if not n > 2 * f:
-    raise ValueError(f"{name} needs n > 2f; got n={n}, f={f}")
+# ARC needs an honest majority: ``ValueError`` naming n and f otherwise.
+check_arc_workers = coordinatewise.check_honest_majority
 
 
 def arc_threshold(norms: jax.Array, num_byzantine: int) -> jax.Array:
@@ -240,8 +239,8 @@ def adaptive_robust_clipping(num_byzantine: int) -> base.AggregationRule:
     Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan, "Adaptive Gradient
     Clipping for Robust Federated Learning", ICLR 2025 (arXiv:2405.14432).
   """
-  krum_lib.check_num_byzantine("adaptive_robust_clipping", num_byzantine)
-  f = num_byzantine
+  f = coordinatewise.check_num_byzantine("adaptive_robust_clipping",
+                                         num_byzantine)
 
   def init_fn(params, num_workers):
     del params

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from distoptax.algorithms.aggregators import base
+from distoptax.algorithms.aggregators import distances
 
 _PENALTIES = ("squared_norm", "mean_square")
 
@@ -29,20 +30,6 @@ def _check_num_suspicious(num_suspicious: int, n: int) -> None:
     raise ValueError(
         "zeno needs 0 <= b < n (at least one candidate is kept); got "
         f"n={n}, b={num_suspicious}")
-
-
-def _row_mask(mask: jax.Array, leaf: jax.Array) -> jax.Array:
-  return mask.reshape(mask.shape + (1,) * (leaf.ndim - 1))
-
-
-def _weighted_sum(weights: jax.Array, x: jax.Array) -> jax.Array:
-  """``sum_i weights[i] * x[i]`` as a mat-vec (see ``base.sum_over_workers``)."""
-  acc = jnp.promote_types(x.dtype, jnp.float32)
-  out = lax.dot_general(weights.astype(acc), x.astype(acc),
-                        (((0,), (0,)), ((), ())),
-                        precision=lax.Precision.HIGHEST,
-                        preferred_element_type=acc)
-  return out.astype(x.dtype)
 
 
 def zeno(
@@ -83,7 +70,7 @@ def zeno(
     * Non-finite inputs: a candidate with any NaN or +-inf entry ranks below
       every finite candidate (score :math:`-\infty`), so with at most ``b``
       non-finite candidates the result is finite (with more, a non-finite
-      candidate is averaged and the result is non-finite, on purpose). A NaN
+      candidate is averaged and the result is NaN, on purpose). A NaN
       score of a finite candidate (a NaN loss) is also treated as
       :math:`-\infty`.
     * ``penalty="squared_norm"`` is the paper's :math:`\rho\|g\|^2`.
@@ -181,14 +168,12 @@ def zeno(
           f"structure; got {jax.tree.structure(params)} and "
           f"{jax.tree.structure(stacked_updates)}")
 
-    leaves = jax.tree.leaves(stacked_updates)
-    finite = jnp.ones((n,), bool)
+    finite = ~distances.nonfinite_rows(stacked_updates)
     sq_norm = jnp.zeros((n,), jnp.float32)
     size = 0
-    for leaf in leaves:
+    for leaf in jax.tree.leaves(stacked_updates):
       flat = leaf.reshape(n, -1).astype(
           jnp.promote_types(leaf.dtype, jnp.float32))
-      finite = finite & jnp.all(jnp.isfinite(flat), axis=1)
       sq_norm = sq_norm + jnp.einsum("ij,ij->i", flat, flat,
                                      precision=lax.Precision.HIGHEST)
       size += flat.shape[1]
@@ -213,13 +198,8 @@ def zeno(
     order = jnp.lexsort((jnp.arange(n), -scores, ~finite))
     keep = jnp.zeros((n,), bool).at[order[:n - num_suspicious]].set(True)
     weights = keep.astype(jnp.float32) / (n - num_suspicious)
-
-    def aggregate_leaf(leaf):
-      # Dropped rows are zeroed, not weighted by 0 (0 * NaN = NaN).
-      clean = jnp.where(_row_mask(keep, leaf), leaf, jnp.zeros((), leaf.dtype))
-      return _weighted_sum(weights, clean)
-
-    aggregated = jax.tree.map(aggregate_leaf, stacked_updates)
+    # Dropped non-finite rows are left out, not weighted by 0 (0 * NaN = NaN).
+    aggregated = distances.combine_rows(weights, stacked_updates, ~finite)
     return aggregated, ZenoState(selected=keep.astype(jnp.float32))
 
   return base.AggregationRule(init_fn, update_fn)
