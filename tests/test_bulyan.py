@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distoptax.algorithms.aggregators import bulyan
+from distoptax.algorithms import aggregators
 
 
 def ref_squared_distances(x):
@@ -65,7 +65,7 @@ def ref_bulyan(x, f):
 
 @functools.lru_cache(maxsize=None)
 def batched(f):
-  rule = bulyan.bulyan(f)
+  rule = aggregators.bulyan(f)
   return jax.jit(jax.vmap(lambda x: rule.update(x, None)))
 
 
@@ -162,7 +162,7 @@ def test_permutation_equivariance_up_to_ties_and_pytree_leaves():
   # that: on the permuted stack it selects what the reference selects.
   rng = np.random.default_rng(4)
   n, f = 12, 2
-  rule = bulyan.bulyan(f)
+  rule = aggregators.bulyan(f)
   update = jax.jit(lambda t: rule.update(t, None))
   tree = lambda x: {"a": jnp.asarray(x[:, :4]).reshape(n, 2, 2),
                     "b": jnp.asarray(x[:, 4:])}
@@ -180,16 +180,16 @@ def test_permutation_equivariance_up_to_ties_and_pytree_leaves():
 
 @pytest.mark.parametrize("n,f", [(6, 1), (10, 2), (2, 0)])
 def test_precondition_at_init_and_trace(n, f):
-  rule = bulyan.bulyan(f)
+  rule = aggregators.bulyan(f)
   msg = rf"bulyan needs n >= 4f \+ 3; got n={n}, f={f}"
   with pytest.raises(ValueError, match=msg):
     rule.init(None, n)
   with pytest.raises(ValueError, match=msg):
     jax.jit(rule.update)(jnp.zeros((n, 3)), None)
   with pytest.raises(ValueError, match=r"got f=-1"):
-    bulyan.bulyan(-1)
+    aggregators.bulyan(-1)
 
 
 def test_state_selected_mask():
-  state = bulyan.bulyan(1).init(None, 7)
+  state = aggregators.bulyan(1).init(None, 7)
   assert state.selected.shape == (7,) and state.selected.dtype == jnp.float32

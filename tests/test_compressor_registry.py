@@ -14,7 +14,12 @@ from tests import helpers
 
 # One valid construction per registered name (a new entry needs a row).
 EXAMPLES = {
+    "global_top_k": {"fraction": 0.1},
     "identity": {},
+    "random_k": {"fraction": 0.25},
+    "three_lc": {"sparsity_multiplier": 1.5},
+    "threshold": {"tau": 0.5},
+    "top_k": {"k": 3},
 }
 
 

@@ -9,8 +9,8 @@ import optax
 import pytest
 
 from distoptax import distributed as dist
+from distoptax.algorithms import aggregators
 from distoptax.algorithms.aggregators import coordinatewise
-from distoptax.algorithms.aggregators import geometric_median
 from distoptax.algorithms.aggregators import order_stats
 
 # ---------------------------------------------------------------------------
@@ -222,7 +222,7 @@ RULES = {
     "trimmed_mean": coordinatewise.trimmed_mean,
     "mean_around_median": coordinatewise.mean_around_median,
     "phocas": coordinatewise.phocas,
-    "geometric_median": lambda f: geometric_median.geometric_median(),
+    "geometric_median": lambda f: aggregators.geometric_median(),
 }
 COORDINATEWISE = ("median", "trimmed_mean", "mean_around_median", "phocas")
 

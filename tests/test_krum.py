@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from distoptax import distributed as dist
-from distoptax.algorithms.aggregators import krum
+from distoptax.algorithms import aggregators
 
 
 # ---------------------------------------------------------------- reference
@@ -86,7 +86,7 @@ KINDS = ["gaussian", "mimic", "outliers", "duplicates", "lattice"]
 
 @functools.lru_cache(maxsize=None)
 def rule_of(name, f, m=None):
-  return krum.krum(f) if name == "krum" else krum.multi_krum(f, m)
+  return aggregators.krum(f) if name == "krum" else aggregators.multi_krum(f, m)
 
 
 @functools.lru_cache(maxsize=None)
@@ -241,8 +241,8 @@ def test_a_huge_byzantine_row_cannot_blur_honest_distances():
 
 @pytest.mark.parametrize("n,f", [(6, 2), (4, 1), (2, 0)])
 def test_krum_precondition_at_init_and_at_trace(n, f):
-  for name, rule in [("krum", krum.krum(f)),
-                     ("multi_krum", krum.multi_krum(f))]:
+  for name, rule in [("krum", aggregators.krum(f)),
+                     ("multi_krum", aggregators.multi_krum(f))]:
     msg = rf"{name} needs n > 2f \+ 2; got n={n}, f={f}"
     with pytest.raises(ValueError, match=msg):
       rule.init(None, n)
@@ -252,13 +252,13 @@ def test_krum_precondition_at_init_and_at_trace(n, f):
 
 def test_argument_validation():
   with pytest.raises(ValueError, match=r"krum needs an integer num_byzantine"):
-    krum.krum(-1)
+    aggregators.krum(-1)
   with pytest.raises(ValueError, match=r"got f=1.5"):
-    krum.multi_krum(1.5)
+    aggregators.multi_krum(1.5)
   with pytest.raises(ValueError, match=r"m >= 1; got m=0"):
-    krum.multi_krum(1, 0)
+    aggregators.multi_krum(1, 0)
   with pytest.raises(ValueError, match=r"1 <= m <= n; got m=9, n=7, f=1"):
-    krum.multi_krum(1, 9).init(None, 7)
+    aggregators.multi_krum(1, 9).init(None, 7)
 
 
 def test_state_is_a_float32_selection_mask():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from distoptax import distributed as dist
+from distoptax.algorithms import aggregators
 from distoptax.algorithms.aggregators import clipping
-from distoptax.algorithms.aggregators import krum
 from distoptax.algorithms.aggregators import preaggregation as pre
 
 
@@ -85,7 +85,7 @@ def test_nnm_nonfinite_rows_stay_marked_and_honest_rows_stay_finite():
   assert np.all(np.isfinite(out[honest]))
   np.testing.assert_allclose(out, ref_nnm(x, 2), rtol=1e-5, atol=1e-6)
   # Composed with Krum, the output is finite and one of the mixed rows.
-  rule = pre.pre_aggregated(pre.nearest_neighbor_mixing(2), krum.krum(2))
+  rule = pre.pre_aggregated(pre.nearest_neighbor_mixing(2), aggregators.krum(2))
   agg, state = jax.jit(rule.update)(jnp.asarray(x), rule.init(None, 9))
   assert np.all(np.isfinite(agg))
   assert state.rule.selected[2] == 0 and state.rule.selected[6] == 0
@@ -130,7 +130,7 @@ def test_bucketing_matches_reference_and_splits_its_key(n, s):
 
 def test_bucketing_state_is_identical_on_every_worker():
   stage = pre.bucketing(2, seed=0)
-  rule = pre.pre_aggregated(stage, krum.multi_krum(1))
+  rule = pre.pre_aggregated(stage, aggregators.multi_krum(1))
   tx = dist.aggregate(rule)
   rng = np.random.default_rng(4)
   grads = jnp.asarray(rng.normal(size=(10, 3)).astype(np.float32))
@@ -179,10 +179,10 @@ def test_pre_aggregated_equals_manual_composition():
   rng = np.random.default_rng(6)
   x = jnp.asarray(rng.normal(size=(9, 4)).astype(np.float32))
   nnm = pre.nearest_neighbor_mixing(2)
-  rule = pre.pre_aggregated(nnm, krum.krum(2))
+  rule = pre.pre_aggregated(nnm, aggregators.krum(2))
   out, state = jax.jit(rule.update)(x, rule.init(None, 9))
   mixed = nnm_batched(2)(x[None])[0]
-  k = krum.krum(2)
+  k = aggregators.krum(2)
   want, kstate = jax.jit(k.update)(mixed, k.init(None, 9))
   np.testing.assert_array_equal(out, want)
   np.testing.assert_array_equal(state.rule.selected, kstate.selected)
@@ -193,7 +193,7 @@ def test_chain_of_preaggregations_and_row_counts():
   rule = pre.pre_aggregated(
       [pre.static_clipping(2.0), pre.bucketing(2),
        pre.nearest_neighbor_mixing(1)],
-      krum.multi_krum(1))
+      aggregators.multi_krum(1))
   state = rule.init(None, 11)  # 11 workers -> 6 buckets -> Krum on 6 rows.
   assert state.rule.selected.shape == (6,)
   rng = np.random.default_rng(7)
@@ -205,19 +205,19 @@ def test_chain_of_preaggregations_and_row_counts():
 
 
 def test_downstream_precondition_is_checked_on_the_bucket_count():
-  rule = pre.pre_aggregated(pre.bucketing(2), krum.krum(2))
+  rule = pre.pre_aggregated(pre.bucketing(2), aggregators.krum(2))
   with pytest.raises(ValueError, match=r"krum needs n > 2f \+ 2; got n=5, "
                      r"f=2"):
     rule.init(None, 10)
   with pytest.raises(ValueError, match=r"got n=5, f=2"):
     jax.jit(rule.update)(jnp.zeros((10, 3)),
                          pre.pre_aggregated(pre.bucketing(2),
-                                            krum.krum(1)).init(None, 10))
+                                            aggregators.krum(1)).init(None, 10))
   with pytest.raises(ValueError, match=r"nearest_neighbor_mixing needs n > 2f;"
                      r" got n=4, f=2"):
-    pre.pre_aggregated(pre.nearest_neighbor_mixing(2), krum.krum(0)).init(
+    pre.pre_aggregated(pre.nearest_neighbor_mixing(2), aggregators.krum(0)).init(
         None, 4)
   with pytest.raises(ValueError, match=r"bucket_size s >= 1; got s=0"):
     pre.bucketing(0)
   with pytest.raises(ValueError, match=r"PreAggregation stages"):
-    pre.pre_aggregated([krum.krum(1)], krum.krum(1))
+    pre.pre_aggregated([aggregators.krum(1)], aggregators.krum(1))
