@@ -57,3 +57,34 @@ def test_error_feedback_with_identity_changes_nothing(tmp_path):
   for a, b in zip(jax.tree.leaves(plain.params),
                   jax.tree.leaves(with_ef.params)):
     assert abs(a - b).max() < 1e-6
+
+
+def test_three_lc_logs_coded_bytes_below_wire_bytes(tmp_path):
+  config = dataclasses.replace(
+      SMALL, compressor="three_lc",
+      compressor_params=(("sparsity_multiplier", 1.5),), error_feedback=True)
+  result = trainer.train(config, str(tmp_path), progress=_quiet)
+  row = metrics_io.read(tmp_path)[-1]
+  dense = sum(x.size * 4 for x in jax.tree.leaves(result.params))
+  # Five ternary values per byte plus a float32 scale per leaf.
+  num_leaves = len(jax.tree.leaves(result.params))
+  assert row["wire_bytes_step"] == sum(
+      -(-x.size // 5) for x in jax.tree.leaves(result.params)) + (
+          4 * num_leaves)
+  assert row["wire_bytes_step"] < dense / 5
+  assert 0 < row["coded_bytes"] < row["wire_bytes"]
+
+
+def test_top_k_with_error_feedback_trains(tmp_path):
+  base = dataclasses.replace(SMALL, steps=40, log_every=20,
+                             checkpoint_every=20, learning_rate=0.3)
+  plain = trainer.train(base, str(tmp_path / "plain"), progress=_quiet)
+  sparse = trainer.train(
+      dataclasses.replace(base, compressor="top_k",
+                          compressor_params=(("fraction", 0.05),),
+                          error_feedback=True),
+      str(tmp_path / "topk"), progress=_quiet)
+  assert sparse.test_accuracy > plain.test_accuracy - 0.15
+  row = metrics_io.read(tmp_path / "topk")[-1]
+  dense = sum(x.size * 4 for x in jax.tree.leaves(plain.params))
+  assert row["wire_bytes_step"] < dense / 5
