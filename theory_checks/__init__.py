@@ -28,6 +28,11 @@ from distoptax.theory_checks.harness import write_result
 
 _CHECK_MODULES = (
     "minibatch_sgd",
+    "byzantine_sgd_rate",
+    "fall_of_empires",
+    "qsgd_variance",
+    "topk_error_feedback",
+    "threelc_mnist",
 )
 """The registry: each check's name is its module's name in this package."""
 
