@@ -1,35 +1,111 @@
 r"""Benchmarks that print ratios measured side by side in one run.
 
   python -m distoptax.experiments.bench step [--num_workers=8] [--batch_size=32]
+  python -m distoptax.experiments.bench aggregators [--num_workers=8,32,128]
+      [--dims=10000,1000000] [--rules=median,krum,...] [--rounds=5]
+      [--repeats=3] [--byzfl=auto|on|off]
 
 ``step``: one distributed step (``num_workers`` simulated workers, mean
 aggregation) against a plain ``jax.grad`` + ``optax.sgd`` step over the same
 total batch. Target on CPU: ratio at most 1.2.
+
+``aggregators``: every aggregation rule and pre-aggregation on one float32
+stack ``[n, d]`` per size, against the plain mean (coordinate-wise rules),
+the Gram product of the centred stack (distance rules) and, when ByzFL is
+installed, ByzFL's rule on the same data (see
+``distoptax.experiments.aggregator_bench``). Prints the table, then one
+PASS/MISS line per target at ``n = 32, d = 1e6``.
 """
 
 import json
+import sys
 import types
 from typing import Sequence
 
 from absl import app
 from absl import flags
 
+from distoptax.experiments import aggregator_bench
 from distoptax.experiments import benchmarks
 from distoptax.experiments import registries
 
-NUM_WORKERS = flags.DEFINE_integer("num_workers", 8, "Workers.")
+NUM_WORKERS = flags.DEFINE_list(
+    "num_workers", None,
+    "Workers: one value for step (default 8), a list for aggregators "
+    "(default 8,32,128).")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Examples per worker.")
 HIDDEN = flags.DEFINE_list("hidden", ["128"], "MLP hidden widths.")
-REPEATS = flags.DEFINE_integer("repeats", 200, "Steps timed per round.")
+REPEATS = flags.DEFINE_integer(
+    "repeats", None,
+    "step: steps timed per round (default 200); aggregators: most calls per "
+    "function and round (default 3).")
+DIMS = flags.DEFINE_list(
+    "dims", ["10000", "1000000"],
+    "aggregators: dimensions d (scientific notation such as 1e6 accepted).")
+ROUNDS = flags.DEFINE_integer("rounds", 5,
+                              "aggregators: interleaved timing rounds.")
+RULES = flags.DEFINE_list(
+    "rules", None,
+    "aggregators: only these rows (e.g. median,krum,pre:bucketing); "
+    "default all.")
+NUM_BYZANTINE = flags.DEFINE_integer(
+    "num_byzantine", None, "aggregators: f for every size (default (n-3)//4).")
+BYZFL = flags.DEFINE_enum(
+    "byzfl", "auto", ["auto", "on", "off"],
+    "aggregators: compare with ByzFL when it loads (auto), require it (on), "
+    "or skip it (off).")
+SEED = flags.DEFINE_integer("seed", 0, "aggregators: seed of the data.")
 
 
-def _step() -> dict:
-  return benchmarks.step_overhead(
-      num_workers=NUM_WORKERS.value, batch_size=BATCH_SIZE.value,
-      hidden=tuple(int(h) for h in HIDDEN.value), repeats=REPEATS.value)
+def _ints(values: Sequence[str], name: str) -> list[int]:
+  out = []
+  for value in values:
+    try:
+      number = float(value)
+    except ValueError as e:
+      raise app.UsageError(f"--{name} needs numbers; got {value!r}") from e
+    if number != int(number) or number < 1:
+      raise app.UsageError(f"--{name} needs positive integers; got {value!r}")
+    out.append(int(number))
+  return out
+
+
+def _step() -> None:
+  workers = _ints(NUM_WORKERS.value or ["8"], "num_workers")
+  if len(workers) != 1:
+    raise app.UsageError(f"step takes one --num_workers; got {workers}")
+  result = benchmarks.step_overhead(
+      num_workers=workers[0], batch_size=BATCH_SIZE.value,
+      hidden=tuple(int(h) for h in HIDDEN.value),
+      repeats=200 if REPEATS.value is None else REPEATS.value)
+  print(json.dumps(result, indent=2))
+  print(f"{result['benchmark']}: ratio {result['ratio']:.3f}"
+        + (f" (gradients alone: {result['grads_only_ratio']:.3f})"
+           if "grads_only_ratio" in result else ""))
+
+
+def _aggregators() -> None:
+  try:
+    rows, status = aggregator_bench.run(
+        num_workers=_ints(NUM_WORKERS.value or ["8", "32", "128"],
+                          "num_workers"),
+        dims=_ints(DIMS.value, "dims"), num_byzantine=NUM_BYZANTINE.value,
+        rules=RULES.value,
+        rounds=ROUNDS.value,
+        repeats=3 if REPEATS.value is None else REPEATS.value,
+        byzfl=BYZFL.value, seed=SEED.value,
+        progress=lambda line: print(line, file=sys.stderr, flush=True))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  print(status)
+  print(aggregator_bench.format_table(rows))
+  print()
+  for check in aggregator_bench.check_targets(rows):
+    print(check.line)
 
 
 BENCHMARKS = types.MappingProxyType({
+    "aggregators": _aggregators,
     "step": _step,
 })
 
@@ -42,11 +118,7 @@ def main(argv: Sequence[str]) -> None:
     run = registries.lookup(BENCHMARKS, argv[1], "benchmark")
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  result = run()
-  print(json.dumps(result, indent=2))
-  print(f"{result['benchmark']}: ratio {result['ratio']:.3f}"
-        + (f" (gradients alone: {result['grads_only_ratio']:.3f})"
-           if "grads_only_ratio" in result else ""))
+  run()
 
 
 if __name__ == "__main__":

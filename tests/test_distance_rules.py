@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from distoptax.algorithms import aggregators
 from distoptax.algorithms.aggregators import clipping
 from distoptax.algorithms.aggregators import distances
 from distoptax.algorithms.aggregators import mda
@@ -357,13 +358,12 @@ def test_centered_clipping_is_stateful_and_matches_reference(tau, iterations):
 
 
 def test_low_precision_leaves_keep_their_dtype():
-  from distoptax.algorithms.aggregators import krum
   rng = np.random.default_rng(11)
   x = rng.normal(size=(7, 6)).astype(np.float32)
   tree = {"a": jnp.asarray(x, jnp.bfloat16),
           "b": jnp.asarray(x[:, :2], jnp.float16)}
   params = jax.tree.map(lambda l: l[0], tree)
-  for rule in (krum.krum(2), clipping.centered_clipping(1.0)):
+  for rule in (aggregators.krum(2), clipping.centered_clipping(1.0)):
     out, _ = jax.jit(rule.update)(tree, rule.init(params, 7))
     assert out["a"].dtype == jnp.bfloat16 and out["b"].dtype == jnp.float16
     assert out["a"].shape == (6,) and np.all(np.isfinite(

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import optax
 
 from distoptax.algorithms.aggregators import base
+from distoptax.algorithms.aggregators import coordinatewise
 from distoptax.algorithms.aggregators import distances
-from distoptax.algorithms.aggregators import krum as krum_lib
 from distoptax.algorithms.aggregators import order_stats
 
 
@@ -177,7 +177,7 @@ def bulyan(num_byzantine: int) -> base.AggregationRule:
     El Mhamdi, Guerraoui, Rouault, "The Hidden Vulnerability of Distributed
     Learning in Byzantium", ICML 2018 (arXiv:1802.07927).
   """
-  krum_lib.check_num_byzantine("bulyan", num_byzantine)
+  coordinatewise.check_num_byzantine("bulyan", num_byzantine)
   f = num_byzantine
 
   def init_fn(params: optax.Params, num_workers: int) -> BulyanState:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from distoptax.algorithms.aggregators import base
+from distoptax.algorithms.aggregators import coordinatewise
 from distoptax.algorithms.aggregators import distances
 
 
@@ -26,15 +27,6 @@ class KrumState(NamedTuple):
   """
 
   selected: jax.Array
-
-
-def check_num_byzantine(name: str, num_byzantine: int) -> None:
-  """Raises ``ValueError`` unless ``num_byzantine`` is an int >= 0."""
-  if (isinstance(num_byzantine, bool)
-      or not isinstance(num_byzantine, int) or num_byzantine < 0):
-    raise ValueError(
-        f"{name} needs an integer num_byzantine f >= 0; "
-        f"got f={num_byzantine!r}")
 
 
 def check_krum_workers(name: str, n: int, f: int) -> None:
@@ -127,7 +119,7 @@ def krum(num_byzantine: int) -> base.AggregationRule:
     Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017
     (arXiv:1703.02757).
   """
-  check_num_byzantine("krum", num_byzantine)
+  coordinatewise.check_num_byzantine("krum", num_byzantine)
   f = num_byzantine
 
   def init_fn(params: optax.Params, num_workers: int) -> KrumState:
@@ -199,7 +191,7 @@ def multi_krum(num_byzantine: int,
     Blanchard, El Mhamdi, Guerraoui, Stainer, NeurIPS 2017
     (arXiv:1703.02757).
   """
-  check_num_byzantine("multi_krum", num_byzantine)
+  coordinatewise.check_num_byzantine("multi_krum", num_byzantine)
   f = num_byzantine
   if num_selected is not None and (
       isinstance(num_selected, bool) or not isinstance(num_selected, int)

@@ -11,8 +11,11 @@ rows, so the network is one loop that XLA fuses and vectorises, and no
 order statistics a caller asks for are pruned when the network is built
 (the median of 32 values needs 282 of the 382 min/max operations; the sum of
 the middle values of a trimmed mean, whose order does not matter, needs even
-fewer). Above 64 workers the helpers fall back to ``jnp.sort(axis=0)`` (a
-full sort, :func:`sort_over_workers`, above 32).
+fewer). Above 64 workers (128 when the pruned network is small enough:
+the median, the trimmed mean, Bulyan's stage; see
+:data:`SELECT_NETWORK_MAX_COMPARATORS`) the helpers fall back to
+``jnp.sort(axis=0)`` (a full sort, :func:`sort_over_workers`, above 32),
+which at ``n = 128, d = 1e6`` takes about 11 s on 2 CPU cores.
 
 Non-finite inputs: NaN is mapped to ``+inf`` before any ordering (see
 :func:`sanitize`), so a NaN sorts last, like the largest possible value;
@@ -37,6 +40,17 @@ NETWORK_MAX_WORKERS = 64
 """Largest worker count for which order statistics (median, trimmed sums,
 MeaMed, Phocas) use an unrolled network; above: ``jnp.sort``."""
 
+SELECT_NETWORK_MAX_WORKERS = 128
+SELECT_NETWORK_MAX_COMPARATORS = 1250
+"""Between :data:`NETWORK_MAX_WORKERS` and ``SELECT_NETWORK_MAX_WORKERS``
+rows, a helper still uses its pruned network when that has at most this
+many comparators: the median and the trimmed mean at ``n = 128`` (1212 and
+1232) compile in about 2 s and, for ``d = 1e6`` on 2 CPU cores, run in
+0.14 s and 0.66 s where ``jnp.sort`` takes 11 s; so does Bulyan's stage at
+``n = 128`` (MeaMed keeping 4 of 66 values: 565). MeaMed and Phocas with
+small ``f`` need both ends and the centre exactly (1373 comparators at
+``n = 128, f = 31``; 17-21 s to compile) and sort."""
+
 SORT_NETWORK_MAX_WORKERS = 32
 """Largest worker count for which :func:`sort_over_workers` (all ``n`` ranks)
 uses the network. XLA computes each of the ``n`` stacked outputs in its own
@@ -48,6 +62,9 @@ still 8x faster than ``jnp.sort`` at ``n = 32`` (32 ms against 253 ms for
 _DEAD = 0   # not needed
 _SUM = 1    # only the sum over all _SUM wires is needed, not their order
 _LIVE = 2   # this exact order statistic is needed
+_LOW = 3    # only the multiset of the _LOW wires is needed (a second group)
+_HIGH = 4   # only the multiset of the _HIGH wires is needed (a third group)
+_GROUPS = (_DEAD, _SUM, _LOW, _HIGH)  # needs whose order does not matter
 
 
 def sanitize(x: jax.Array) -> jax.Array:
@@ -99,9 +116,9 @@ def _pruned_network(
   """The comparators of the sorting network that ``need`` depends on.
 
   Walks the network backwards. A comparator is dropped when neither output
-  is needed, or when both outputs only feed the same sum (swapping two
-  summands does not change the sum). A kept comparator makes both of its
-  inputs needed exactly.
+  is needed, or when both outputs only feed the same multiset (``_SUM``,
+  ``_LOW`` or ``_HIGH``: swapping two of its members does not change it). A
+  kept comparator makes both of its inputs needed exactly.
 
   Returns:
     ``(low_wire, high_wire, want_min, want_max)`` in network order.
@@ -109,7 +126,7 @@ def _pruned_network(
   need = list(need)
   kept = []
   for a, b in reversed(_batcher_comparators(len(need))):
-    if need[a] == need[b] and need[a] in (_DEAD, _SUM):
+    if need[a] == need[b] and need[a] in _GROUPS:
       continue
     kept.append((a, b, need[a] != _DEAD, need[b] != _DEAD))
     need[a] = need[b] = _LIVE
@@ -120,6 +137,20 @@ def _work_dtype(dtype) -> jnp.dtype:
   if jnp.issubdtype(dtype, jnp.floating):
     return jnp.promote_types(dtype, jnp.float32)
   return jnp.dtype(dtype)
+
+
+def _network_limit(need: Sequence[int]) -> int:
+  """Most rows for which ``need`` is served by the network, not a sort.
+
+  Up to :data:`NETWORK_MAX_WORKERS` always; up to
+  :data:`SELECT_NETWORK_MAX_WORKERS` when the pruned network has at most
+  :data:`SELECT_NETWORK_MAX_COMPARATORS` comparators.
+  """
+  n = len(need)
+  if (n <= SELECT_NETWORK_MAX_WORKERS
+      and len(_pruned_network(tuple(need))) <= SELECT_NETWORK_MAX_COMPARATORS):
+    return SELECT_NETWORK_MAX_WORKERS
+  return NETWORK_MAX_WORKERS
 
 
 def _take_rows(x: jax.Array, rows: jax.Array | None) -> jax.Array:
@@ -249,7 +280,8 @@ def median_over_workers(x: jax.Array) -> jax.Array:
     Array([3. , 6.5], dtype=float32)
   """
   n = _check_stack(x, "median_over_workers")
-  wires = _sorted_wires(x, _median_need(n))
+  need = _median_need(n)
+  wires = _sorted_wires(x, need, _network_limit(need))
   return _median_from_wires(wires, n).astype(x.dtype)
 
 
@@ -288,7 +320,7 @@ def trimmed_mean_over_workers(x: jax.Array, trim: int) -> jax.Array:
   n = _check_stack(x, "trimmed_mean_over_workers")
   _check_trim(n, trim, "trimmed_mean_over_workers")
   need = (_DEAD,) * trim + (_SUM,) * (n - 2 * trim) + (_DEAD,) * trim
-  wires = _sorted_wires(x, need)
+  wires = _sorted_wires(x, need, _network_limit(need))
   total = _sum(wires[trim:n - trim])
   return (total / (n - 2 * trim)).astype(x.dtype)
 
@@ -299,11 +331,40 @@ def _check_keep(n: int, keep: int, name: str) -> None:
                      f"got n={n}, f={n - keep}")
 
 
-def _closest_need(n: int, keep: int, center: str) -> tuple[int, ...]:
+def _window_starts(n: int, keep: int, center: str) -> tuple[int, int]:
+  """First and last rank at which a run of the ``keep`` closest can start.
+
+  The ``keep`` values closest to the centre are ``keep`` consecutive ranks
+  (see :func:`_mean_of_closest_from_wires`), starting at some rank in
+  ``[0, n - keep]``. A run achieving the ``keep``-th smallest distance can
+  always be chosen to contain a rank of smallest distance; for the median
+  that rank is one of the middle ranks, which narrows the starts to
+  ``[j_lo - keep + 1, j_hi]`` (Bulyan's stage keeps 4 of 18 values at
+  ``n = 32``: 5 starts instead of 15). The trimmed mean (Phocas) can lie
+  anywhere between the trimmed ranks: every start.
+  """
   drop = n - keep
+  if center != "median":
+    return 0, drop
+  j_lo, j_hi = (n - 1) // 2, n // 2
+  return max(0, j_lo - keep + 1), min(drop, j_hi)
+
+
+def _closest_need(n: int, keep: int, center: str) -> tuple[int, ...]:
+  """Needs of the ranks: run ends exact, the rest as multisets.
+
+  Ranks below the first start only enter as a multiset (``_LOW``; they can
+  be within the radius only by a tie), and so do ranks above the last end
+  (``_HIGH``) and the ranks in every run (``_SUM``).
+  """
+  a_lo, a_hi = _window_starts(n, keep, center)
   need = [_SUM] * n
-  for j in list(range(drop + 1)) + list(range(keep - 1, n)):
-    need[j] = _LIVE
+  for j in range(a_lo):
+    need[j] = _LOW
+  for j in range(a_hi + keep, n):
+    need[j] = _HIGH
+  for a in range(a_lo, a_hi + 1):
+    need[a] = need[a + keep - 1] = _LIVE
   if center == "median":
     for j, v in enumerate(_median_need(n)):
       if v != _DEAD:
@@ -313,13 +374,17 @@ def _closest_need(n: int, keep: int, center: str) -> tuple[int, ...]:
 
 def _mean_of_closest_from_wires(
     wires: Sequence[jax.Array], center: jax.Array, keep: int,
-    inner_sum: jax.Array | None,
+    inner_sum: jax.Array | None, starts: tuple[int, int],
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Mean of the ``keep`` values closest to ``center``, from sorted wires.
 
-  Only the wires whose rank can be left out (``< drop`` or ``>= keep``, with
-  ``drop = n - keep``) are tested; the ranks in between are always kept and
-  enter through ``inner_sum`` (their sum, ``None`` when there are none).
+  ``starts = (a_lo, a_hi)`` (:func:`_window_starts`): the candidate runs
+  are ranks ``[a, a + keep)`` for ``a_lo <= a <= a_hi``. The ranks in every
+  run, ``[a_hi, a_lo + keep)``, are always kept and enter through
+  ``inner_sum`` (their sum, ``None`` when there are none). The other ranks
+  are tested: those in ``[a_lo, a_hi + keep)`` in sorted order, those
+  below ``a_lo`` and above ``a_hi + keep - 1`` as multisets (their wires
+  hold the right values in some order, see :func:`_closest_need`).
 
   Returns:
     ``(mean, radius, ambiguous)``. ``radius`` is the ``keep``-th smallest
@@ -329,7 +394,11 @@ def _mean_of_closest_from_wires(
     and ``mean`` is not the answer there.
   """
   n = len(wires)
-  drop = n - keep
+  a_lo, a_hi = starts
+  inner = range(a_hi, a_lo + keep)
+  tested = [j for j in range(a_lo, a_hi + keep) if j not in inner]
+  below = list(range(a_lo))
+  above = list(range(a_hi + keep, n))
   distances = {}
 
   def distance(j):
@@ -341,26 +410,33 @@ def _mean_of_closest_from_wires(
   # ranks (|v - c| is monotone on each side of c, rounding included), so the
   # keep-th smallest distance is the width of the narrowest run of `keep`.
   radius = None
-  for a in range(drop + 1):
+  for a in range(a_lo, a_hi + 1):
     width = jnp.maximum(distance(a), distance(a + keep - 1))
     radius = width if radius is None else jnp.minimum(radius, width)
   # Sum and count every value within the radius.
   zero = jnp.zeros_like(center)
   total = zero if inner_sum is None else inner_sum
   # An int32 count adds the comparison mask directly (one op per value).
-  count = jnp.full(center.shape, max(0, keep - drop), jnp.int32)
-  for j in [j for j in range(n) if j < drop or j >= keep]:
-    inside = distance(j) <= radius
-    total = total + jnp.where(inside, wires[j], zero)
-    count = count + inside.astype(jnp.int32)
+  count = jnp.full(center.shape, len(inner), jnp.int32)
+  inside = {}
+  for j in tested + below + above:
+    inside[j] = distance(j) <= radius
+    total = total + jnp.where(inside[j], wires[j], zero)
+    count = count + inside[j].astype(jnp.int32)
   # The lowest and highest value within the radius; values exactly at the
   # radius (the only ones that may have to be dropped) sit at these two ends.
-  low = wires[drop]
-  for a in reversed(range(drop)):
-    low = jnp.where(distance(a) <= radius, wires[a], low)
-  high = wires[keep - 1]
-  for b in range(keep, n):
-    high = jnp.where(distance(b) <= radius, wires[b], high)
+  # Some rank in [a_lo, a_hi] is within the radius, so the scans in rank
+  # order end on a value within it; the multisets can only lower (raise) it.
+  low = wires[a_hi]
+  for a in reversed(range(a_lo, a_hi)):
+    low = jnp.where(inside[a], wires[a], low)
+  for j in below:
+    low = jnp.where(inside[j], jnp.minimum(low, wires[j]), low)
+  high = wires[a_lo + keep - 1]
+  for b in range(a_lo + keep, a_hi + keep):
+    high = jnp.where(inside[b], wires[b], high)
+  for j in above:
+    high = jnp.where(inside[j], jnp.maximum(high, wires[j]), high)
   low_tied = jnp.abs(low - center) == radius
   high_tied = jnp.abs(high - center) == radius
   surplus = (count - keep).astype(center.dtype)
@@ -399,14 +475,16 @@ def _center_and_wires(x: jax.Array, keep: int, center: str,
                       rows: jax.Array | None = None):
   n = x.shape[0] if rows is None else rows.shape[0]
   drop = n - keep
-  wires = _sorted_wires(x, _closest_need(n, keep, center), rows=rows)
-  inner = wires[drop:keep]
+  starts = _window_starts(n, keep, center)
+  need = _closest_need(n, keep, center)
+  wires = _sorted_wires(x, need, _network_limit(need), rows=rows)
+  inner = wires[starts[1]:starts[0] + keep]
   inner_sum = _sum(inner) if inner else None
   if center == "median":
     c = _median_from_wires(wires, n)
   else:  # trimmed mean with `drop` trimmed per side, as in Phocas.
     c = inner_sum / (n - 2 * drop)
-  return wires, inner_sum, c
+  return wires, inner_sum, c, starts
 
 
 _PATCH_BLOCK = 256
@@ -415,8 +493,9 @@ _PATCH_MAX_BLOCKS = 16
 
 def _exact_mean_around(x: jax.Array, keep: int, center: str) -> jax.Array:
   """The exact rule on a stack ``[n, m]``, ties resolved row by row."""
-  wires, inner_sum, c = _center_and_wires(x, keep, center)
-  _, radius, _ = _mean_of_closest_from_wires(wires, c, keep, inner_sum)
+  wires, inner_sum, c, starts = _center_and_wires(x, keep, center)
+  _, radius, _ = _mean_of_closest_from_wires(wires, c, keep, inner_sum,
+                                             starts)
   return _mean_of_closest_from_rows(x, c, radius, keep)
 
 
@@ -466,8 +545,9 @@ def _mean_around(x: jax.Array, keep: int, center: str,
   gathered or sliced copy, is what the rare patch branch closes over: a
   ``lax.cond`` operand is materialised even when its branch is not taken.
   """
-  wires, inner_sum, c = _center_and_wires(x, keep, center, rows)
-  mean, _, ambiguous = _mean_of_closest_from_wires(wires, c, keep, inner_sum)
+  wires, inner_sum, c, starts = _center_and_wires(x, keep, center, rows)
+  mean, _, ambiguous = _mean_of_closest_from_wires(wires, c, keep, inner_sum,
+                                                   starts)
   # One output keeps the whole computation in one fused loop; coordinates
   # that need the worker order are marked NaN (a sanitized stack gives NaN
   # nowhere else short of more than n/2 infinite values) and patched.

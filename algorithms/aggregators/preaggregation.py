@@ -26,8 +26,8 @@ import optax
 
 from distoptax.algorithms.aggregators import base
 from distoptax.algorithms.aggregators import clipping
+from distoptax.algorithms.aggregators import coordinatewise
 from distoptax.algorithms.aggregators import distances
-from distoptax.algorithms.aggregators import krum as krum_lib
 
 
 class PreAggregation(NamedTuple):
@@ -99,7 +99,7 @@ def nearest_neighbor_mixing(num_byzantine: int) -> PreAggregation:
     Mixing: A Recipe for Optimal Byzantine ML under Heterogeneity",
     AISTATS 2023 (arXiv:2302.01772).
   """
-  krum_lib.check_num_byzantine("nearest_neighbor_mixing", num_byzantine)
+  coordinatewise.check_num_byzantine("nearest_neighbor_mixing", num_byzantine)
   f = num_byzantine
 
   def check(n: int) -> None:
@@ -275,7 +275,7 @@ def adaptive_robust_clipping(num_byzantine: int) -> PreAggregation:
     Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan, "Adaptive Gradient
     Clipping for Robust Federated Learning", ICLR 2025 (arXiv:2405.14432).
   """
-  krum_lib.check_num_byzantine("adaptive_robust_clipping", num_byzantine)
+  coordinatewise.check_num_byzantine("adaptive_robust_clipping", num_byzantine)
   f = num_byzantine
 
   def init_fn(params, num_workers):
