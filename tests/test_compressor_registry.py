@@ -14,8 +14,16 @@ from tests import helpers
 
 # One valid construction per registered name (a new entry needs a row).
 EXAMPLES = {
+    "bfloat16": {},
+    "float16": {},
     "global_top_k": {"fraction": 0.1},
     "identity": {},
+    "natural": {},
+    "qsgd": {"num_levels": 4, "bucket_size": 16},
+    "scaled_sign": {},
+    "sign": {},
+    "terngrad": {},
+    "zipml": {"num_bits": 4},
     "random_k": {"fraction": 0.25},
     "three_lc": {"sparsity_multiplier": 1.5},
     "threshold": {"tau": 0.5},

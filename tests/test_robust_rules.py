@@ -276,7 +276,17 @@ def _precondition(name, n, need="n > 2f", f_name="f"):
   return n, re.escape(f"{name} needs {need}") + rf".*got n={n}, {f_name}={F}"
 
 
+def ref_majority_vote(x):
+  """signSGD's vote: the sign of the sum of the workers' signs."""
+  return np.sign(np.sign(np.nan_to_num(x, nan=0.0, posinf=1.0,
+                                       neginf=-1.0)).sum(0))
+
+
 AGGREGATOR_ROWS = {
+    "majority_vote": Row(
+        make=lambda make: make(),
+        reference=stateless(ref_majority_vote),
+        permutation=EXACT),
     "mean": Row(
         make=lambda make: make(),
         reference=stateless(ref_mean),

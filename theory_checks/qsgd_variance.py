@@ -30,7 +30,7 @@ as :math:`s^{-2}` (the :math:`d/s^2` branch of the bound).
 
 Measured quantity: :math:`E\|Q_s(v) - v\|^2/\|v\|^2` by Monte Carlo over
 ``num_draws`` keys of the library compressor
-(``compressors.qsgd.qsgd(s)``, one bucket, ``decode(encode(key, v))``),
+(``compressors.compressors.qsgd(s)``, one bucket, ``decode(encode(key, v))``),
 for standard Gaussian :math:`v` (one fresh :math:`v` per seed and per
 :math:`d`), with the exact expectation above computed in float64 beside it.
 Vectors of different lengths share one compiled program by zero padding,
@@ -75,7 +75,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distoptax.algorithms.compressors import qsgd
+from distoptax.algorithms import compressors
 from distoptax.theory_checks import fit as fit_lib
 from distoptax.theory_checks import harness
 
@@ -190,7 +190,7 @@ def monte_carlo(vectors: np.ndarray, num_levels: int, key: jax.Array,
     ``squared_errors`` float64 ``[R, n]`` (``||Q(v) - v||^2`` per draw) and
     ``mean_q`` float64 ``[n, D]`` (the mean of the R draws).
   """
-  compressor = qsgd.qsgd(num_levels)
+  compressor = compressors.qsgd(num_levels)
   if num_draws % draw_batch:
     raise ValueError(f"num_draws={num_draws} must be a multiple of "
                      f"draw_batch={draw_batch}")

@@ -32,6 +32,7 @@ from distoptax.algorithms.aggregators.geometric_median import GeometricMedianSta
 from distoptax.algorithms.aggregators.krum import krum
 from distoptax.algorithms.aggregators.krum import KrumState
 from distoptax.algorithms.aggregators.krum import multi_krum
+from distoptax.algorithms.aggregators.majority_vote import majority_vote
 from distoptax.algorithms.aggregators.mda import minimum_diameter_averaging
 from distoptax.algorithms.aggregators.mda import MinimumDiameterState
 from distoptax.algorithms.aggregators.mean import mean
@@ -47,6 +48,7 @@ AGGREGATORS = types.MappingProxyType({
     "centered_clipping": centered_clipping,
     "geometric_median": geometric_median,
     "krum": krum,
+    "majority_vote": majority_vote,
     "mean": mean,
     "mean_around_median": mean_around_median,
     "median": median,
@@ -84,6 +86,7 @@ __all__ = [
     "centered_clipping",
     "geometric_median",
     "krum",
+    "majority_vote",
     "mean",
     "mean_around_median",
     "mean_over_workers",

@@ -129,16 +129,15 @@ def leafwise(
     return jax.tree.map(lambda m: decode_leaf(m.arrays, m.shape, m.dtype),
                         message, is_leaf=is_leaf_message)
 
-  coded_bits = None
-  if coded_bits_leaf is not None:
+  def coded_bits(message: Message) -> jax.Array:
+    leaves = jax.tree.leaves(message, is_leaf=is_leaf_message)
+    return sum((coded_bits_leaf(m.arrays, m.shape).astype(jnp.int32)
+                for m in leaves), jnp.zeros((), jnp.int32))
 
-    def coded_bits(message: Message) -> jax.Array:
-      leaves = jax.tree.leaves(message, is_leaf=is_leaf_message)
-      return sum((coded_bits_leaf(m.arrays, m.shape).astype(jnp.int32)
-                  for m in leaves), jnp.zeros((), jnp.int32))
-
-  return Compressor(encode, decode, unbiased=unbiased, summable=summable,
-                    coded_bits=coded_bits, shared_key=shared_key)
+  return Compressor(
+      encode, decode, unbiased=unbiased, summable=summable,
+      coded_bits=None if coded_bits_leaf is None else coded_bits,
+      shared_key=shared_key)
 
 
 def identity() -> Compressor:
