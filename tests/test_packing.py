@@ -110,7 +110,7 @@ def test_ternary_goes_five_to_a_byte():
 
 def test_radix_division_is_exact_for_every_byte():
   """unpack_radix divides by powers of the radix with a multiply-shift."""
-  for radix in (3, 5, 6, 7, 11, 13, 15, 17, 100, 255):
+  for radix in (3, 5, 7, 15, 255):
     k = packing.digits_per_byte(radix)
     values = np.arange(radix**k)
     digits = (values[:, None] // radix**np.arange(k)) % radix
