@@ -4,6 +4,8 @@ r"""Benchmarks that print ratios measured side by side in one run.
   python -m distoptax.experiments.bench aggregators [--num_workers=8,32,128]
       [--dims=10000,1000000] [--rules=median,krum,...] [--rounds=5]
       [--repeats=3] [--byzfl=auto|on|off]
+  python -m distoptax.experiments.bench compressors [--dims=16777216]
+      [--rules=qsgd,top_k,...] [--rounds=5] [--repeats=5]
 
 ``step``: one distributed step (``num_workers`` simulated workers, mean
 aggregation) against a plain ``jax.grad`` + ``optax.sgd`` step over the same
@@ -15,6 +17,12 @@ the Gram product of the centred stack (distance rules) and, when ByzFL is
 installed, ByzFL's rule on the same data (see
 ``distoptax.experiments.aggregator_bench``). Prints the table, then one
 PASS/MISS line per target at ``n = 32, d = 1e6``.
+
+``compressors``: every compressor's ``decode(encode(x))`` on one float32
+vector of 16M elements against a jitted copy of it, timed side by side,
+with the wire and coded ratios (see
+``distoptax.experiments.compressor_bench``) and one PASS/MISS line per
+target (casts 2x, QSGD, TernGrad, natural, ZipML 4x, top-k 5x).
 """
 
 import json
@@ -24,9 +32,11 @@ from typing import Sequence
 
 from absl import app
 from absl import flags
+import jax
 
 from distoptax.experiments import aggregator_bench
 from distoptax.experiments import benchmarks
+from distoptax.experiments import compressor_bench
 from distoptax.experiments import registries
 
 NUM_WORKERS = flags.DEFINE_list(
@@ -41,13 +51,15 @@ REPEATS = flags.DEFINE_integer(
     "function and round (default 3).")
 DIMS = flags.DEFINE_list(
     "dims", ["10000", "1000000"],
-    "aggregators: dimensions d (scientific notation such as 1e6 accepted).")
+    "aggregators: dimensions d (scientific notation such as 1e6 accepted); "
+    "compressors: one vector size (default 2**24).")
 ROUNDS = flags.DEFINE_integer("rounds", 5,
-                              "aggregators: interleaved timing rounds.")
+                              "aggregators, compressors: interleaved timing "
+                              "rounds.")
 RULES = flags.DEFINE_list(
     "rules", None,
     "aggregators: only these rows (e.g. median,krum,pre:bucketing); "
-    "default all.")
+    "compressors: only these compressors; default all.")
 NUM_BYZANTINE = flags.DEFINE_integer(
     "num_byzantine", None, "aggregators: f for every size (default (n-3)//4).")
 BYZFL = flags.DEFINE_enum(
@@ -104,8 +116,27 @@ def _aggregators() -> None:
     print(check.line)
 
 
+def _compressors() -> None:
+  dims = _ints(DIMS.value, "dims") if DIMS.value != DIMS.default else [2**24]
+  if len(dims) != 1:
+    raise app.UsageError(f"compressors takes one --dims; got {dims}")
+  try:
+    rows = compressor_bench.run(
+        size=dims[0], names=RULES.value or None, rounds=ROUNDS.value,
+        repeats=5 if REPEATS.value is None else REPEATS.value,
+        seed=SEED.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  print(f"device: {jax.devices()[0].device_kind}, size {dims[0]}")
+  print(compressor_bench.format_table(rows))
+  print()
+  for line in compressor_bench.check_targets(rows):
+    print(line)
+
+
 BENCHMARKS = types.MappingProxyType({
     "aggregators": _aggregators,
+    "compressors": _compressors,
     "step": _step,
 })
 
