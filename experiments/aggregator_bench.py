@@ -323,6 +323,8 @@ def _our_cases(x: jax.Array, f: int,
       lambda: _rule_timed(rules["mean_around_median"](f), x, n))
   add("phocas", "coordinatewise",
       lambda: _rule_timed(rules["phocas"](f), x, n))
+  add("majority_vote", "coordinatewise",
+      lambda: _rule_timed(rules["majority_vote"](), x, n))
 
   def stage2():
     rules["bulyan"](f).init(None, n)  # Bulyan's precondition.
