@@ -134,7 +134,7 @@ def test_mesh_runtime_matches_simulation(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,known", [
-    ("aggregator", "kroom", "krum, mean"),
+    ("aggregator", "kroom", "krum, majority_vote, mean"),
     ("optimizer", "lamb", "adam, sgd"),
     ("runtime", "pmap", "mesh, simulate"),
     ("dataset", "cifar10", "digits"),
@@ -187,4 +187,4 @@ def test_unknown_name_on_the_command_line_is_a_usage_error(tmp_path):
       capture_output=True, text=True, timeout=300)
   assert out.returncode == 1
   assert "unknown aggregator 'kroom'; known aggregators: " in out.stderr
-  assert "krum, mean, mean_around_median" in out.stderr
+  assert "krum, majority_vote, mean, mean_around_median" in out.stderr
