@@ -453,11 +453,7 @@ def table_text(result: harness.CheckResult) -> str:
 
 def main(argv=None):
   """``python -m distoptax.theory_checks.fall_of_empires [--quick] ...``."""
-  def run_and_print(*, quick, seeds):
-    result = run(quick=quick, seeds=seeds)
-    print(table_text(result))
-    return result
-  harness.run_check_main(run_and_print, argv)
+  harness.run_check_main(run, argv, describe=table_text)
 
 
 if __name__ == "__main__":

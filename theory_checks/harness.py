@@ -287,7 +287,9 @@ def parse_flags(argv: Sequence[str] | None, outdir_help: str
 
 
 def run_check_main(run_fn: RunFn,
-                   argv: Sequence[str] | None = None) -> NoReturn:
+                   argv: Sequence[str] | None = None, *,
+                   describe: Callable[[CheckResult], str] | None = None
+                   ) -> NoReturn:
   """The ``main()`` of a check module.
 
   Flags: ``--quick`` (bool), ``--outdir`` (default ``results/<name>``),
@@ -298,12 +300,16 @@ def run_check_main(run_fn: RunFn,
   Args:
     run_fn: the check's run function.
     argv: the command line (``sys.argv`` if ``None``).
+    describe: ``describe(result) -> text`` printed before the report (a
+      check's table of sub-claims), or ``None``.
 
   Raises:
     SystemExit: always, with the exit status.
   """
   parsed = parse_flags(argv, "Output folder; default results/<check name>.")
   result = run_fn(quick=parsed.quick, seeds=parsed.seeds)
+  if describe is not None:
+    print(describe(result))
   outdir = parsed.outdir or os.path.join("results", result.claim.name)
   paths = write_result(result, outdir)
   print(report(result))

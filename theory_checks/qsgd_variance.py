@@ -437,11 +437,7 @@ def sub_claims_table(result: harness.CheckResult) -> str:
 
 def main(argv=None):
   """``python -m distoptax.theory_checks.qsgd_variance [--quick] ...``."""
-  def run_and_print(*, quick, seeds):
-    result = run(quick=quick, seeds=seeds)
-    print(sub_claims_table(result))
-    return result
-  harness.run_check_main(run_and_print, argv)
+  harness.run_check_main(run, argv, describe=sub_claims_table)
 
 
 if __name__ == "__main__":
