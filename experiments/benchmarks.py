@@ -13,7 +13,8 @@ from distoptax import distributed as dist
 from distoptax.experiments import models
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+  """Median wall time of ``repeats`` calls of ``fn`` (results awaited)."""
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
@@ -95,11 +96,11 @@ def step_overhead(*, num_workers: int = 8, batch_size: int = 32,
 
   fns = (run_dist, run_plain, run_per_worker_grads, run_plain_grad)
   for fn in fns:  # Compile and warm up.
-    _median_seconds(fn, 10)
+    median_seconds(fn, 10)
   times = [[] for _ in fns]
   for _ in range(rounds):
     for fn, record in zip(fns, times):
-      record.append(_median_seconds(fn, repeats))
+      record.append(median_seconds(fn, repeats))
   dist_s, plain_s, grads_s, plain_grad_s = (float(np.median(t))
                                             for t in times)
   return {

@@ -9,8 +9,7 @@ wire ratio (float32 bytes / bytes of the message arrays) and the coded ratio
 """
 
 import math
-import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +17,7 @@ import numpy as np
 
 from distoptax.algorithms import compressors
 from distoptax.distributed import comm_stats
+from distoptax.experiments import benchmarks
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "bfloat16": {},
@@ -52,15 +52,6 @@ class Row(NamedTuple):
   coded_ratio: float | None
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
-
-
 def run(*, size: int = 2**24, names: list[str] | None = None,
         rounds: int = 5, repeats: int = 5, seed: int = 0) -> list[Row]:
   """Benchmarks the compressors ``names`` (default: all registered).
@@ -90,11 +81,11 @@ def run(*, size: int = 2**24, names: list[str] | None = None,
     if compressor.coded_bits is not None:
       coded = math.ceil(int(compressor.coded_bits(message)) / 8)
     for fn in (lambda: round_trip(key, x), lambda: copy(x)):
-      _median_seconds(fn, 2)  # Compile and warm up.
+      benchmarks.median_seconds(fn, 2)  # Compile and warm up.
     ratios, own, base = [], [], []
     for _ in range(rounds):
-      own.append(_median_seconds(lambda: round_trip(key, x), repeats))
-      base.append(_median_seconds(lambda: copy(x), repeats))
+      own.append(benchmarks.median_seconds(lambda: round_trip(key, x), repeats))
+      base.append(benchmarks.median_seconds(lambda: copy(x), repeats))
       ratios.append(own[-1] / base[-1])
     rows.append(Row(name, SETTINGS[name], float(np.median(own)),
                     float(np.median(base)), float(np.median(ratios)),
