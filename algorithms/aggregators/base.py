@@ -88,3 +88,22 @@ def sum_over_workers(x: jax.Array) -> jax.Array:
 def mean_over_workers(x: jax.Array) -> jax.Array:
   """Mean of ``x`` over its leading (worker) axis (see ``sum_over_workers``)."""
   return sum_over_workers(x) / x.shape[0]
+
+
+def check_params(name: str, params: Any, stacked_updates: optax.Updates,
+                 missing: str) -> None:
+  """Raises ``ValueError`` unless a rule that needs ``params`` got them.
+
+  Args:
+    name: the rule, for the message.
+    params: what ``update`` received.
+    stacked_updates: the stack, whose tree structure ``params`` must share.
+    missing: the message when ``params`` is ``None``.
+  """
+  if params is None:
+    raise ValueError(missing)
+  if jax.tree.structure(params) != jax.tree.structure(stacked_updates):
+    raise ValueError(
+        f"{name}: params and the stacked updates must have the same tree "
+        f"structure; got {jax.tree.structure(params)} and "
+        f"{jax.tree.structure(stacked_updates)}")

@@ -309,15 +309,10 @@ def byzantine_sgd(
       raise ValueError(
           f"byzantine_sgd state was built for n={state.a.shape[0]} workers; "
           f"got a stack of n={n}")
-    if params is None:
-      raise ValueError(
-          "byzantine_sgd needs the current params x_t: call "
-          "update(updates, state, params)")
-    if jax.tree.structure(params) != jax.tree.structure(stacked_updates):
-      raise ValueError(
-          "byzantine_sgd: params and the stacked updates must have the same "
-          f"tree structure; got {jax.tree.structure(params)} and "
-          f"{jax.tree.structure(stacked_updates)}")
+    base.check_params(
+        "byzantine_sgd", params, stacked_updates,
+        "byzantine_sgd needs the current params x_t: call "
+        "update(updates, state, params)")
     t_a, t_b = thresholds(n)
 
     # A_i += <g_i, x_t - x_1>, B_i += g_i.

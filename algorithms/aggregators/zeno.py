@@ -158,15 +158,10 @@ def zeno(
     if not callable(value_fn):
       raise TypeError(
           f"zeno value_fn must be callable; got {type(value_fn).__name__}")
-    if params is None:
-      raise ValueError(
-          "zeno needs the current params x to score x - learning_rate * g; "
-          "call update(updates, state, params, value_fn=f)")
-    if jax.tree.structure(params) != jax.tree.structure(stacked_updates):
-      raise ValueError(
-          "zeno: params and the stacked updates must have the same tree "
-          f"structure; got {jax.tree.structure(params)} and "
-          f"{jax.tree.structure(stacked_updates)}")
+    base.check_params(
+        "zeno", params, stacked_updates,
+        "zeno needs the current params x to score x - learning_rate * g; "
+        "call update(updates, state, params, value_fn=f)")
 
     finite = ~distances.nonfinite_rows(stacked_updates)
     sq_norm = jnp.zeros((n,), jnp.float32)
