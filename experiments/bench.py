@@ -1,6 +1,7 @@
 r"""Benchmarks that print ratios measured side by side in one run.
 
   python -m distoptax.experiments.bench step [--num_workers=8] [--batch_size=32]
+      [--rounds=11] [--repeats=100]
   python -m distoptax.experiments.bench aggregators [--num_workers=8,32,128]
       [--dims=10000,1000000] [--rules=median,krum,...] [--rounds=5]
       [--repeats=3] [--byzfl=auto|on|off]
@@ -47,15 +48,16 @@ BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Examples per worker.")
 HIDDEN = flags.DEFINE_list("hidden", ["128"], "MLP hidden widths.")
 REPEATS = flags.DEFINE_integer(
     "repeats", None,
-    "step: steps timed per round (default 200); aggregators: most calls per "
+    "step: steps timed per round (default 100); aggregators: most calls per "
     "function and round (default 3).")
 DIMS = flags.DEFINE_list(
     "dims", ["10000", "1000000"],
     "aggregators: dimensions d (scientific notation such as 1e6 accepted); "
     "compressors: one vector size (default 2**24).")
-ROUNDS = flags.DEFINE_integer("rounds", 5,
-                              "aggregators, compressors: interleaved timing "
-                              "rounds.")
+ROUNDS = flags.DEFINE_integer(
+    "rounds", None,
+    "Interleaved timing rounds (default: 11 for step, 5 for aggregators and "
+    "compressors).")
 RULES = flags.DEFINE_list(
     "rules", None,
     "aggregators: only these rows (e.g. median,krum,pre:bucketing); "
@@ -89,7 +91,8 @@ def _step() -> None:
   result = benchmarks.step_overhead(
       num_workers=workers[0], batch_size=BATCH_SIZE.value,
       hidden=tuple(int(h) for h in HIDDEN.value),
-      repeats=200 if REPEATS.value is None else REPEATS.value)
+      repeats=100 if REPEATS.value is None else REPEATS.value,
+      rounds=11 if ROUNDS.value is None else ROUNDS.value)
   print(json.dumps(result, indent=2))
   print(f"{result['benchmark']}: ratio {result['ratio']:.3f}"
         + (f" (gradients alone: {result['grads_only_ratio']:.3f})"
@@ -103,7 +106,7 @@ def _aggregators() -> None:
                           "num_workers"),
         dims=_ints(DIMS.value, "dims"), num_byzantine=NUM_BYZANTINE.value,
         rules=RULES.value,
-        rounds=ROUNDS.value,
+        rounds=5 if ROUNDS.value is None else ROUNDS.value,
         repeats=3 if REPEATS.value is None else REPEATS.value,
         byzfl=BYZFL.value, seed=SEED.value,
         progress=lambda line: print(line, file=sys.stderr, flush=True))
@@ -122,7 +125,8 @@ def _compressors() -> None:
     raise app.UsageError(f"compressors takes one --dims; got {dims}")
   try:
     rows = compressor_bench.run(
-        size=dims[0], names=RULES.value or None, rounds=ROUNDS.value,
+        size=dims[0], names=RULES.value or None,
+        rounds=5 if ROUNDS.value is None else ROUNDS.value,
         repeats=5 if REPEATS.value is None else REPEATS.value,
         seed=SEED.value)
   except ValueError as e:

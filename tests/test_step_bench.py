@@ -1,0 +1,33 @@
+"""Smoke test of ``bench step`` (the foundation's overhead benchmark)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from distoptax.experiments import benchmarks
+
+
+def test_step_overhead_pairs_rounds_and_reports_their_median():
+  result = benchmarks.step_overhead(num_workers=2, batch_size=4, hidden=(8,),
+                                    repeats=2, rounds=3)
+  ratios = result["round_ratios"]
+  assert len(ratios) == 3 and all(r > 0 for r in ratios)
+  assert result["ratio"] == np.median(ratios)
+  for key in ("distributed_step_s", "plain_sgd_step_s", "per_worker_grads_s",
+              "plain_grad_s", "grads_only_ratio"):
+    assert np.isfinite(result[key]) and result[key] > 0
+  assert result["num_workers"] == 2 and result["hidden"] == [8]
+
+
+def test_command_line_prints_the_json_and_the_ratio():
+  out = subprocess.run(
+      [sys.executable, "-m", "distoptax.experiments.bench", "step",
+       "--num_workers=2", "--batch_size=4", "--hidden=8", "--rounds=2",
+       "--repeats=2"],
+      capture_output=True, text=True, timeout=300, check=True)
+  body, last = out.stdout.rsplit("}", 1)
+  result = json.loads(body + "}")
+  assert len(result["round_ratios"]) == 2
+  assert last.strip().startswith(f"step: ratio {result['ratio']:.3f}")
