@@ -12,30 +12,7 @@ from distoptax import distributed as dist
 from distoptax.algorithms import aggregators
 from distoptax.algorithms.aggregators import clipping
 from distoptax.algorithms.aggregators import preaggregation as pre
-
-
-def ref_squared_distances(x):
-  x = np.asarray(x, np.float64)
-  bad = ~np.all(np.isfinite(x), axis=1)
-  with np.errstate(invalid="ignore", over="ignore"):
-    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-  d[bad, :] = np.inf
-  d[:, bad] = np.inf
-  np.fill_diagonal(d, 0.0)
-  return d, bad
-
-
-def ref_nnm(x, f):
-  """Allouah et al. 2023: mean of the n - f nearest, the row itself first."""
-  d, bad = ref_squared_distances(x)
-  n = len(x)
-  x64 = np.asarray(x, np.float64)
-  out = np.empty_like(x64)
-  for i in range(n):
-    others = sorted((j for j in range(n) if j != i), key=lambda j: (d[i, j], j))
-    group = [i] + others[: n - f - 1]
-    out[i] = np.nan if bad[group].any() else x64[group].mean(0)
-  return out
+from tests import references
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,8 +36,8 @@ def test_nnm_matches_reference(n, f):
     stacks.append(x.astype(np.float32))
   out = nnm_batched(f)(jnp.asarray(np.stack(stacks)))
   for b, x in enumerate(stacks):
-    np.testing.assert_allclose(out[b], ref_nnm(x, f), rtol=1e-5, atol=1e-6,
-                               err_msg=f"stack {b}")
+    np.testing.assert_allclose(out[b], references.ref_nnm(x, f), rtol=1e-5,
+                               atol=1e-6, err_msg=f"stack {b}")
 
 
 def test_nnm_keeps_each_row_in_its_own_neighbourhood():
@@ -83,7 +60,8 @@ def test_nnm_nonfinite_rows_stay_marked_and_honest_rows_stay_finite():
   assert np.all(np.isnan(out[[2, 6]]))
   honest = [0, 1, 3, 4, 5, 7, 8]
   assert np.all(np.isfinite(out[honest]))
-  np.testing.assert_allclose(out, ref_nnm(x, 2), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out, references.ref_nnm(x, 2), rtol=1e-5,
+                             atol=1e-6)
   # Composed with Krum, the output is finite and one of the mixed rows.
   rule = pre.pre_aggregated(pre.nearest_neighbor_mixing(2), aggregators.krum(2))
   agg, state = jax.jit(rule.update)(jnp.asarray(x), rule.init(None, 9))
@@ -97,13 +75,6 @@ def test_nnm_with_f_zero_gives_the_mean_in_every_row():
   out = np.asarray(nnm_batched(0)(jnp.asarray(x[None]))[0])
   np.testing.assert_allclose(out, np.broadcast_to(x.mean(0), x.shape),
                              rtol=1e-6, atol=1e-7)
-
-
-def ref_bucketing(x, perm, s):
-  n = len(x)
-  x = np.asarray(x, np.float64)
-  return np.stack([x[perm[b * s:min((b + 1) * s, n)]].mean(0)
-                   for b in range(math.ceil(n / s))])
 
 
 @pytest.mark.parametrize("n,s", [(10, 2), (7, 3), (5, 1), (4, 8)])
@@ -120,8 +91,8 @@ def test_bucketing_matches_reference_and_splits_its_key(n, s):
     perm = np.asarray(jax.random.permutation(key, n))
     out, state = update(jnp.asarray(x), state)
     assert out.shape == (math.ceil(n / s), 4)
-    np.testing.assert_allclose(out, ref_bucketing(x, perm, s), rtol=1e-6,
-                               atol=1e-7)
+    np.testing.assert_allclose(out, references.ref_bucketing(x, perm, s),
+                               rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(state.key, jax.random.key_data(next_key))
     perms.append(tuple(perm))
   if n > 4:
@@ -171,8 +142,13 @@ def test_clipping_preaggregations_match_the_stack_functions():
     assert stage.num_outputs(7) == 7
   with pytest.raises(ValueError, match=r"n > 2f; got n=4, f=2"):
     pre.adaptive_robust_clipping(2).init(None, 4)
-  with pytest.raises(ValueError, match=r"max_norm > 0"):
-    pre.static_clipping(-1.0)
+  for bad in (-1.0, 0, np.float32(0.0), float("nan")):
+    with pytest.raises(ValueError,
+                       match=r"static_clipping needs max_norm > 0"):
+      pre.static_clipping(bad)
+  with pytest.raises(ValueError,
+                     match=r"integer num_byzantine f >= 0; got f=1.0"):
+    pre.nearest_neighbor_mixing(1.0)
 
 
 def test_pre_aggregated_equals_manual_composition():
@@ -215,8 +191,8 @@ def test_downstream_precondition_is_checked_on_the_bucket_count():
                                             aggregators.krum(1)).init(None, 10))
   with pytest.raises(ValueError, match=r"nearest_neighbor_mixing needs n > 2f;"
                      r" got n=4, f=2"):
-    pre.pre_aggregated(pre.nearest_neighbor_mixing(2), aggregators.krum(0)).init(
-        None, 4)
+    pre.pre_aggregated(pre.nearest_neighbor_mixing(2),
+                       aggregators.krum(0)).init(None, 4)
   with pytest.raises(ValueError, match=r"bucket_size s >= 1; got s=0"):
     pre.bucketing(0)
   with pytest.raises(ValueError, match=r"PreAggregation stages"):

@@ -1,5 +1,6 @@
 """The aggregation-rule contract shared by every robust and plain rule."""
 
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -64,6 +65,70 @@ def stack_size(stacked_updates: optax.Updates) -> int:
         "stacked updates must share one leading worker axis; got leading "
         f"sizes {sorted(map(str, sizes))}")
   return sizes.pop()
+
+
+def stateless_rule(
+    aggregate_fn: Callable[[optax.Updates], optax.Updates],
+    *,
+    check_workers: Callable[[int], None] | None = None,
+    is_mean: bool = False,
+) -> AggregationRule:
+  """Builds a stateless :class:`AggregationRule` from a function of the stack.
+
+  ``init`` returns ``optax.EmptyState()``; ``update`` checks the stack's
+  leading worker axis with :func:`stack_size` (so a malformed stack always
+  raises), ignores ``params`` and extra arguments, and returns
+  ``(aggregate_fn(stacked_updates), state)``.
+
+  Args:
+    aggregate_fn: ``aggregate_fn(stacked_updates) -> aggregated``, a pure
+      function of the stack (leaves ``[n, ...]``).
+    check_workers: optional ``check_workers(n)`` raising ``ValueError`` when
+      the rule cannot run on ``n`` workers; called by ``init`` with
+      ``num_workers`` and by ``update`` (at trace time) with the stack size.
+    is_mean: see :class:`AggregationRule`; True only if ``aggregate_fn`` is
+      exactly the arithmetic mean over workers.
+
+  Returns:
+    An :class:`AggregationRule` whose state is ``optax.EmptyState()``.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from distoptax.algorithms.aggregators import base
+    >>> def check(n):
+    ...   if n < 2:
+    ...     raise ValueError(f"max needs n >= 2; got n={n}")
+    >>> rule = base.stateless_rule(
+    ...     lambda stack: jax.tree.map(lambda x: x.max(axis=0), stack),
+    ...     check_workers=check)
+    >>> rule.update(jnp.array([[1.0, 5.0], [3.0, 2.0]]), rule.init(None, 2))
+    (Array([3., 5.], dtype=float32), EmptyState())
+    >>> rule.init(None, 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: max needs n >= 2; got n=1
+  """
+
+  def init_fn(params: optax.Params, num_workers: int) -> optax.EmptyState:
+    del params
+    if check_workers is not None:
+      check_workers(num_workers)
+    return optax.EmptyState()
+
+  def update_fn(
+      stacked_updates: optax.Updates,
+      state: optax.EmptyState,
+      params: optax.Params | None = None,
+      **extra_args: Any,
+  ) -> tuple[optax.Updates, optax.EmptyState]:
+    del params, extra_args
+    n = stack_size(stacked_updates)
+    if check_workers is not None:
+      check_workers(n)
+    return aggregate_fn(stacked_updates), state
+
+  return AggregationRule(init_fn, update_fn, is_mean=is_mean)
 
 
 def sum_over_workers(x: jax.Array) -> jax.Array:

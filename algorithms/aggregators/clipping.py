@@ -156,7 +156,8 @@ def adaptive_robust_clip(stacked_tree: optax.Updates,
       stacked_tree, clip_factors(norms, arc_threshold(norms, num_byzantine)))
 
 
-def _check_positive(name: str, arg: str, value) -> None:
+def check_positive(name: str, arg: str, value) -> None:
+  """Raises ``ValueError`` for a (non-traced) real ``value`` that is not > 0."""
   if isinstance(value, numbers.Real) and not value > 0:
     raise ValueError(f"{name} needs {arg} > 0; got {arg}={value!r}")
 
@@ -187,18 +188,13 @@ def static_clipping(max_norm: float) -> base.AggregationRule:
     >>> rule.update(jnp.array([[3.0, 4.0], [0.0, 0.2]]), rule.init(None, 2))[0]
     Array([0.3, 0.5], dtype=float32)
   """
-  _check_positive("static_clipping", "max_norm", max_norm)
+  check_positive("static_clipping", "max_norm", max_norm)
 
-  def init_fn(params, num_workers):
-    del params, num_workers
-    return optax.EmptyState()
-
-  def update_fn(stacked_updates, state, params=None, **extra_args):
-    del params, extra_args
+  def aggregate(stacked_updates):
     factors = clip_factors(worker_norms(stacked_updates), max_norm)
-    return _mean_of_scaled(stacked_updates, factors), state
+    return _mean_of_scaled(stacked_updates, factors)
 
-  return base.AggregationRule(init_fn, update_fn)
+  return base.stateless_rule(aggregate)
 
 
 def adaptive_robust_clipping(num_byzantine: int) -> base.AggregationRule:
@@ -242,20 +238,15 @@ def adaptive_robust_clipping(num_byzantine: int) -> base.AggregationRule:
   f = coordinatewise.check_num_byzantine("adaptive_robust_clipping",
                                          num_byzantine)
 
-  def init_fn(params, num_workers):
-    del params
-    check_arc_workers("adaptive_robust_clipping", num_workers, f)
-    return optax.EmptyState()
-
-  def update_fn(stacked_updates, state, params=None, **extra_args):
-    del params, extra_args
-    n = base.stack_size(stacked_updates)
-    check_arc_workers("adaptive_robust_clipping", n, f)
+  def aggregate(stacked_updates):
     norms = worker_norms(stacked_updates)
     factors = clip_factors(norms, arc_threshold(norms, f))
-    return _mean_of_scaled(stacked_updates, factors), state
+    return _mean_of_scaled(stacked_updates, factors)
 
-  return base.AggregationRule(init_fn, update_fn)
+  return base.stateless_rule(
+      aggregate,
+      check_workers=lambda n: check_arc_workers("adaptive_robust_clipping",
+                                                n, f))
 
 
 class CenteredClippingState(NamedTuple):
@@ -321,7 +312,7 @@ def centered_clipping(radius: float, *,
     Karimireddy, He, Jaggi, "Learning from History for Byzantine Robust
     Optimization", ICML 2021 (arXiv:2012.10333).
   """
-  _check_positive("centered_clipping", "radius", radius)
+  check_positive("centered_clipping", "radius", radius)
   if (isinstance(iterations, bool) or not isinstance(iterations, int)
       or iterations < 1):
     raise ValueError(

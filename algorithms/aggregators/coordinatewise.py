@@ -24,7 +24,6 @@ import numbers
 from typing import Any, Callable
 
 import jax
-import optax
 
 from distoptax.algorithms.aggregators import base
 from distoptax.algorithms.aggregators import order_stats
@@ -61,22 +60,8 @@ def _coordinatewise_rule(
     if f is not None:
       check_honest_majority(name, n, f)
 
-  def init_fn(params: optax.Params, num_workers: int) -> optax.EmptyState:
-    del params
-    check(num_workers)
-    return optax.EmptyState()
-
-  def update_fn(
-      stacked_updates: optax.Updates,
-      state: optax.EmptyState,
-      params: optax.Params | None = None,
-      **extra_args: Any,
-  ) -> tuple[optax.Updates, optax.EmptyState]:
-    del params, extra_args
-    check(base.stack_size(stacked_updates))
-    return jax.tree.map(leaf_fn, stacked_updates), state
-
-  return base.AggregationRule(init_fn, update_fn)
+  return base.stateless_rule(lambda stacked: jax.tree.map(leaf_fn, stacked),
+                             check_workers=check)
 
 
 def median(num_byzantine: int | None = None) -> base.AggregationRule:

@@ -1,10 +1,7 @@
 """Majority vote: the server side of signSGD."""
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
-import optax
 
 from distoptax.algorithms.aggregators import base
 
@@ -51,22 +48,9 @@ def majority_vote() -> base.AggregationRule:
     arXiv:1810.05291.
   """
 
-  def init_fn(params: optax.Params, num_workers: int) -> optax.EmptyState:
-    del params, num_workers
-    return optax.EmptyState()
+  def vote(x):
+    votes = jnp.sign(jnp.where(jnp.isnan(x), jnp.zeros((), x.dtype), x))
+    return jnp.sign(base.sum_over_workers(votes)).astype(x.dtype)
 
-  def update_fn(
-      stacked_updates: optax.Updates,
-      state: optax.EmptyState,
-      params: optax.Params | None = None,
-      **extra_args: Any,
-  ) -> tuple[optax.Updates, optax.EmptyState]:
-    del params, extra_args
-    base.stack_size(stacked_updates)
-    def vote(x):
-      votes = jnp.sign(jnp.where(jnp.isnan(x), jnp.zeros((), x.dtype), x))
-      return jnp.sign(base.sum_over_workers(votes)).astype(x.dtype)
-
-    return jax.tree.map(vote, stacked_updates), state
-
-  return base.AggregationRule(init_fn, update_fn, is_mean=False)
+  return base.stateless_rule(lambda stacked: jax.tree.map(vote, stacked),
+                             is_mean=False)

@@ -1,9 +1,6 @@
 """Arithmetic mean: the non-robust baseline rule."""
 
-from typing import Any
-
 import jax
-import optax
 
 from distoptax.algorithms.aggregators import base
 
@@ -33,18 +30,6 @@ def mean() -> base.AggregationRule:
     arbitrarily far.
   """
 
-  def init_fn(params: optax.Params, num_workers: int) -> optax.EmptyState:
-    del params, num_workers
-    return optax.EmptyState()
-
-  def update_fn(
-      stacked_updates: optax.Updates,
-      state: optax.EmptyState,
-      params: optax.Params | None = None,
-      **extra_args: Any,
-  ) -> tuple[optax.Updates, optax.EmptyState]:
-    del params, extra_args
-    base.stack_size(stacked_updates)
-    return jax.tree.map(base.mean_over_workers, stacked_updates), state
-
-  return base.AggregationRule(init_fn, update_fn, is_mean=True)
+  return base.stateless_rule(
+      lambda stacked: jax.tree.map(base.mean_over_workers, stacked),
+      is_mean=True)

@@ -51,9 +51,17 @@ def _same_size(n: int) -> int:
   return n
 
 
-def _empty_init(params, num_workers):
-  del params, num_workers
-  return optax.EmptyState()
+def _stateless(pre_fn: Callable[[optax.Updates], optax.Updates],
+               check_workers: Callable[[int], None] | None = None,
+               ) -> PreAggregation:
+  """A stateless pre-aggregation keeping ``n`` rows.
+
+  Its ``init`` and ``update`` are those of ``base.stateless_rule(pre_fn,
+  check_workers=check_workers)``: ``pre_fn`` maps the stack to a stack of
+  the same size.
+  """
+  rule = base.stateless_rule(pre_fn, check_workers=check_workers)
+  return PreAggregation(rule.init, rule.update, _same_size)
 
 
 def nearest_neighbor_mixing(num_byzantine: int) -> PreAggregation:
@@ -99,22 +107,14 @@ def nearest_neighbor_mixing(num_byzantine: int) -> PreAggregation:
     Mixing: A Recipe for Optimal Byzantine ML under Heterogeneity",
     AISTATS 2023 (arXiv:2302.01772).
   """
-  coordinatewise.check_num_byzantine("nearest_neighbor_mixing", num_byzantine)
-  f = num_byzantine
+  f = coordinatewise.check_num_byzantine("nearest_neighbor_mixing",
+                                         num_byzantine)
 
   def check(n: int) -> None:
-    if not n > 2 * f:
-      raise ValueError(
-          f"nearest_neighbor_mixing needs n > 2f; got n={n}, f={f}")
+    coordinatewise.check_honest_majority("nearest_neighbor_mixing", n, f)
 
-  def init_fn(params, num_workers):
-    check(num_workers)
-    return _empty_init(params, num_workers)
-
-  def update_fn(stacked_updates, state, params=None, **extra_args):
-    del params, extra_args
+  def mix(stacked_updates):
     n = base.stack_size(stacked_updates)
-    check(n)
     info = distances.distance_info(stacked_updates)
     eye = jnp.eye(n, dtype=bool)
     order = jnp.argsort(
@@ -122,10 +122,9 @@ def nearest_neighbor_mixing(num_byzantine: int) -> PreAggregation:
     neighbours = order[:, :n - f]
     weights = jnp.sum(jax.nn.one_hot(neighbours, n, dtype=jnp.float32),
                       axis=1) / (n - f)
-    return distances.combine_rows(weights, stacked_updates,
-                                  info.nonfinite), state
+    return distances.combine_rows(weights, stacked_updates, info.nonfinite)
 
-  return PreAggregation(init_fn, update_fn, _same_size)
+  return _stateless(mix, check_workers=check)
 
 
 class BucketingState(NamedTuple):
@@ -239,15 +238,9 @@ def static_clipping(max_norm: float) -> PreAggregation:
     Array([[0.6, 0.8],
            [0.3, 0.4]], dtype=float32)
   """
-  if isinstance(max_norm, (int, float)) and not max_norm > 0:
-    raise ValueError(
-        f"static_clipping needs max_norm > 0; got max_norm={max_norm!r}")
+  clipping.check_positive("static_clipping", "max_norm", max_norm)
 
-  def update_fn(stacked_updates, state, params=None, **extra_args):
-    del params, extra_args
-    return clipping.clip_to_norm(stacked_updates, max_norm), state
-
-  return PreAggregation(_empty_init, update_fn, _same_size)
+  return _stateless(lambda stacked: clipping.clip_to_norm(stacked, max_norm))
 
 
 def adaptive_robust_clipping(num_byzantine: int) -> PreAggregation:
@@ -275,18 +268,13 @@ def adaptive_robust_clipping(num_byzantine: int) -> PreAggregation:
     Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan, "Adaptive Gradient
     Clipping for Robust Federated Learning", ICLR 2025 (arXiv:2405.14432).
   """
-  coordinatewise.check_num_byzantine("adaptive_robust_clipping", num_byzantine)
-  f = num_byzantine
+  f = coordinatewise.check_num_byzantine("adaptive_robust_clipping",
+                                         num_byzantine)
 
-  def init_fn(params, num_workers):
-    clipping.check_arc_workers("adaptive_robust_clipping", num_workers, f)
-    return _empty_init(params, num_workers)
-
-  def update_fn(stacked_updates, state, params=None, **extra_args):
-    del params, extra_args
-    return clipping.adaptive_robust_clip(stacked_updates, f), state
-
-  return PreAggregation(init_fn, update_fn, _same_size)
+  return _stateless(
+      lambda stacked: clipping.adaptive_robust_clip(stacked, f),
+      check_workers=lambda n: clipping.check_arc_workers(
+          "adaptive_robust_clipping", n, f))
 
 
 class PreAggregatedState(NamedTuple):
