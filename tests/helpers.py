@@ -1,10 +1,18 @@
-"""Shared test fixtures: a small regression problem, its batches, HLO bytes."""
+"""Shared test fixtures: a small regression problem, its batches, HLO bytes.
+
+Also ``check_compressor_contract``, the contract every compressor meets.
+"""
 
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+
+from distoptax import algorithms as alg
+from distoptax import distributed as dist
+from distoptax.distributed import comm_stats
 
 
 def mlp_params(key, d_in=5, hidden=7):
@@ -59,3 +67,82 @@ def collective_operand_bytes(hlo_text, op):
       size = int(np.prod([int(d) for d in dims.split("x") if d]))
       total += size * _BITS[dtype] // 8
   return total
+
+
+_CONTRACT_NUM_WORKERS = 4  # Simulated workers in check_compressor_contract.
+
+
+def _contract_tree(rng):
+  return {"w": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32),
+          "b": jnp.asarray(rng.normal(size=(7,)), jnp.bfloat16),
+          "s": jnp.asarray(rng.normal(), jnp.float32)}
+
+
+def check_compressor_contract(compressor, wire_bytes):
+  """Jit once, static message layout, measured bytes, and dist.aggregate.
+
+  Args:
+    compressor: the compressor under test.
+    wire_bytes: ``wire_bytes(tree) -> int``, the documented message bytes.
+  """
+  rng = np.random.default_rng(0)
+  traces = []
+
+  def encode(key, tree):
+    traces.append(None)
+    return compressor.encode(key, tree)
+
+  jitted = jax.jit(encode)
+  decode = jax.jit(compressor.decode)
+  inputs = [_contract_tree(rng), jax.tree.map(jnp.zeros_like,
+                                              _contract_tree(rng)),
+            jax.tree.map(lambda l: jnp.round(l), _contract_tree(rng))]
+  layouts = []
+  for i, tree in enumerate(inputs):
+    message = jitted(jax.random.key(i), tree)
+    layouts.append([(l.shape, l.dtype) for l in jax.tree.leaves(message)])
+    assert comm_stats.tree_bytes(message) == wire_bytes(tree)
+    out = decode(message)
+    assert jax.tree.structure(out) == jax.tree.structure(tree)
+    for o, t in zip(jax.tree.leaves(out), jax.tree.leaves(tree)):
+      assert o.shape == t.shape and o.dtype == t.dtype
+    if compressor.coded_bits is not None:
+      bits = compressor.coded_bits(message)
+      assert bits.dtype == jnp.int32 and bits.shape == ()
+  assert len(traces) == 1 and jitted._cache_size() == 1
+  assert all(layout == layouts[0] for layout in layouts)
+
+  # Under dist.aggregate, 4 simulated workers, with error feedback.
+  params = mlp_params(jax.random.key(0))
+  paths = [compressor]
+  if compressor.summable:
+    paths.append(compressor._replace(summable=False))
+  finals = []
+  for c in paths:
+    tx = optax.chain(dist.aggregate(alg.aggregators.mean(), compressor=c,
+                                    error_feedback=True), optax.sgd(0.1))
+    runtime = dist.simulate(dist.data_parallel(mlp_loss, tx),
+                            _CONTRACT_NUM_WORKERS)
+    state = runtime.init(params)
+    for t in range(2):
+      state, metrics = runtime.step(
+          state, worker_batches(t, _CONTRACT_NUM_WORKERS, 6))
+    assert_replicated(state.params)
+    assert np.all(np.isfinite(np.asarray(metrics["loss"])))
+    (stats,) = dist.find_comm_stats(state.opt_state)
+    sent = comm_stats.tree_bytes(jax.eval_shape(
+        compressor.encode, jax.random.key(0), params))
+    assert sent == wire_bytes(params)
+    if c.summable:
+      np.testing.assert_array_equal(stats.all_reduce_bytes, sent)
+      np.testing.assert_array_equal(stats.all_gather_bytes, 0)
+    else:
+      np.testing.assert_array_equal(stats.all_gather_bytes, sent)
+      np.testing.assert_array_equal(stats.all_reduce_bytes, 0)
+    assert dist.total_bytes(jax.tree.map(lambda a: a[0], stats)) == 2 * sent
+    if compressor.coded_bits is None:
+      np.testing.assert_array_equal(stats.coded_bytes, sent)
+    finals.append(state.params)
+  if len(finals) == 2:   # psum path == all-gather path
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-5, atol=1e-6), *finals)

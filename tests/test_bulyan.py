@@ -8,59 +8,15 @@ import numpy as np
 import pytest
 
 from distoptax.algorithms import aggregators
-
-
-def ref_squared_distances(x):
-  x = np.asarray(x, np.float64)
-  bad = ~np.all(np.isfinite(x), axis=1)
-  with np.errstate(invalid="ignore", over="ignore"):
-    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-  d[bad, :] = np.inf
-  d[:, bad] = np.inf
-  np.fill_diagonal(d, 0.0)
-  return d, bad
-
-
-def ref_recursive_selection(x, f):
-  """El Mhamdi et al. 2018: theta = n - 2f rounds of Krum on the pool."""
-  d, bad = ref_squared_distances(x)
-  n = len(x)
-  pool = list(range(n))
-  chosen = []
-  for _ in range(n - 2 * f):
-    r = len(pool)
-    scores = {}
-    for i in pool:
-      others = sorted(d[i, j] for j in pool if j != i)
-      scores[i] = np.inf if bad[i] else sum(others[:max(r - f - 2, 0)])
-    best = min(pool, key=lambda i: (scores[i], i))
-    chosen.append(best)
-    pool.remove(best)
-  return chosen
+from tests import references
 
 
 def ref_one_shot_selection(x, f):
   """Flower 2025: the theta lowest Krum scores computed once on all n."""
-  d, _ = ref_squared_distances(x)
+  d = references.ref_squared_distances(x)
   n = len(x)
   scores = [sum(sorted(np.delete(d[i], i))[: n - f - 2]) for i in range(n)]
   return sorted(range(n), key=lambda i: (scores[i], i))[: n - 2 * f]
-
-
-def ref_bulyan(x, f):
-  chosen = sorted(ref_recursive_selection(x, f))
-  sel = np.asarray(x, np.float64)[chosen]
-  sel = np.where(np.isnan(sel), np.inf, sel)
-  theta = len(chosen)
-  beta = theta - 2 * f
-  out = np.empty(sel.shape[1])
-  for k in range(sel.shape[1]):
-    col = sel[:, k]
-    med = np.median(col)  # Midpoint of the two middle values for even theta.
-    with np.errstate(invalid="ignore"):
-      order = np.argsort(np.abs(col - med), kind="stable")  # Lowest index.
-    out[k] = col[order[:beta]].mean()
-  return out, chosen
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,7 +46,7 @@ def test_bulyan_matches_reference(n, f):
   stacks = stacks_for(n, f, seed=n)
   out, state = batched(f)(jnp.asarray(np.stack(stacks)))
   for b, x in enumerate(stacks):
-    want, chosen = ref_bulyan(x, f)
+    want, chosen = references.ref_bulyan(x, f)
     np.testing.assert_array_equal(np.flatnonzero(state.selected[b]), chosen,
                                   err_msg=f"stack {b}")
     np.testing.assert_allclose(out[b], want, rtol=1e-5, atol=1e-6,
@@ -107,7 +63,7 @@ def test_iterative_selection_is_not_flowers_one_shot():
     x = rng.normal(size=(n, 5))
     x[:f] = rng.normal(size=(f, 5)) * 0.3 + 1.5
     x = x.astype(np.float32)
-    if sorted(ref_recursive_selection(x, f)) != sorted(
+    if sorted(references.ref_recursive_selection(x, f)) != sorted(
         ref_one_shot_selection(x, f)):
       differing.append(x)
     if len(differing) == 40:
@@ -115,8 +71,9 @@ def test_iterative_selection_is_not_flowers_one_shot():
   assert len(differing) == 40
   _, state = batched(f)(jnp.asarray(np.stack(differing)))
   for b, x in enumerate(differing):
-    np.testing.assert_array_equal(np.flatnonzero(state.selected[b]),
-                                  sorted(ref_recursive_selection(x, f)))
+    np.testing.assert_array_equal(
+        np.flatnonzero(state.selected[b]),
+        sorted(references.ref_recursive_selection(x, f)))
 
 
 def test_bulyan_with_f_zero_is_the_mean():
@@ -173,7 +130,7 @@ def test_permutation_equivariance_up_to_ties_and_pytree_leaves():
     x[:f] += 3.0
     for xp in (x, x[rng.permutation(n)]):
       out, state = update(tree(xp))
-      want, chosen = ref_bulyan(xp, f)
+      want, chosen = references.ref_bulyan(xp, f)
       np.testing.assert_array_equal(np.flatnonzero(state.selected), chosen)
       np.testing.assert_allclose(flat(out), want, rtol=1e-5, atol=1e-6)
 

@@ -13,60 +13,7 @@ from distoptax.algorithms import aggregators
 # From the module itself: the package re-exports a function of this name.
 from distoptax.algorithms.aggregators.byzantine_sgd import byzantine_sgd
 from distoptax.algorithms.aggregators.byzantine_sgd import paper_thresholds
-
-
-class _Reference:
-  """Algorithm 1 of the paper, step by step in float64 NumPy loops.
-
-  Conventions as documented in the rule: lowest index wins the majority
-  test, fallback to the most neighbours, even-n median = midpoint,
-  non-finite distances = +inf, mean over the new good set.
-  """
-
-  def __init__(self, n, x1, v, t_a, t_b, scale=2.0, by_m=False):
-    self.n, self.x1, self.v = n, np.asarray(x1, np.float64), v
-    self.t_a, self.t_b, self.scale, self.by_m = t_a, t_b, scale, by_m
-    self.a = np.zeros(n)
-    self.b = np.zeros((n, self.x1.size))
-    self.good = np.ones(n, bool)
-    self.no_majority = 0
-
-  def _centre(self, vs, radius):
-    n = self.n
-
-    def dist(i, j):
-      with np.errstate(invalid="ignore"):
-        value = np.linalg.norm(vs[i] - vs[j])
-      return np.inf if np.isnan(value) else value
-
-    counts = [sum(1 for j in range(n) if self.good[j] and dist(i, j) <= radius)
-              if self.good[i] else -1 for i in range(n)]
-    for i in range(n):
-      if self.good[i] and counts[i] > n / 2:
-        return [dist(i, j) for j in range(n)], True
-    i = int(np.argmax(counts))
-    return [dist(i, j) for j in range(n)], False
-
-  def step(self, grads, x):
-    grads = np.asarray(grads, np.float64)
-    with np.errstate(invalid="ignore"):
-      self.a = self.a + grads @ (np.asarray(x, np.float64) - self.x1)
-      self.b = self.b + grads
-    a = np.where(np.isnan(self.a), np.inf, self.a)
-    with np.errstate(invalid="ignore"):
-      a_med = np.median(a)
-    dist_b, found_b = self._centre(self.b, self.t_b)
-    dist_g, found_g = self._centre(grads, 2 * self.v)
-    new = self.good.copy()
-    for i in range(self.n):
-      with np.errstate(invalid="ignore"):
-        ok_a = abs(self.a[i] - a_med) <= self.scale * self.t_a
-      new[i] &= bool(ok_a) and dist_b[i] <= self.scale * self.t_b and (
-          dist_g[i] <= 4 * self.v)
-    self.good = new
-    self.no_majority += not (found_b and found_g)
-    denom = self.n if self.by_m else max(new.sum(), 1)
-    return grads[new].sum(0) / denom if new.any() else np.zeros(grads.shape[1])
+from tests import references
 
 
 def _ball(rng, shape, radius):
@@ -97,7 +44,7 @@ def test_matches_numpy_reference_over_many_steps(n, scale, by_m):
   x1 = rng.normal(size=d)
   rule = byzantine_sgd(v, threshold_a=t_a, threshold_b=t_b,
                        filter_scale=scale, divide_by_num_workers=by_m)
-  ref = _Reference(n, x1, v, t_a, t_b, scale, by_m)
+  ref = references.ByzantineSGDReference(n, x1, v, t_a, t_b, scale, by_m)
   update = jax.jit(rule.update)
   state = rule.init(_split(x1), n)
   u = rng.normal(size=d)

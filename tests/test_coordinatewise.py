@@ -12,39 +12,7 @@ from distoptax import distributed as dist
 from distoptax.algorithms import aggregators
 from distoptax.algorithms.aggregators import coordinatewise
 from distoptax.algorithms.aggregators import order_stats
-
-# ---------------------------------------------------------------------------
-# NumPy references, written from the papers' definitions.
-
-
-def np_median(x):
-  """Coordinate-wise median, midpoint of the two middle values."""
-  s = np.sort(x.astype(np.float64), axis=0)
-  n = len(s)
-  return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-
-def np_trimmed_mean(x, f):
-  """Yin et al.: drop the f largest and f smallest values per coordinate."""
-  s = np.sort(x.astype(np.float64), axis=0)
-  return s[f:len(s) - f].mean(axis=0)
-
-
-def np_mean_of_closest(x, keep, center):
-  """Mean of the `keep` values nearest `center`; stable: lowest index wins."""
-  x = x.astype(np.float64)
-  order = np.argsort(np.abs(x - center), axis=0, kind="stable")[:keep]
-  return np.take_along_axis(x, order, axis=0).mean(axis=0)
-
-
-def np_meamed(x, f):
-  """Xie et al. (arXiv:1802.10116): n - f values closest to the median."""
-  return np_mean_of_closest(x, len(x) - f, np_median(x))
-
-
-def np_phocas(x, f):
-  """Xie et al. (arXiv:1805.09682): n - f values closest to TrMean_f."""
-  return np_mean_of_closest(x, len(x) - f, np_trimmed_mean(x, f))
+from tests import references
 
 
 def stacks(n, d, seed):
@@ -58,10 +26,11 @@ def stacks(n, d, seed):
 
 
 ARRAY_RULES = {
-    "trimmed_mean": (order_stats.trimmed_mean_over_workers, np_trimmed_mean),
+    "trimmed_mean": (order_stats.trimmed_mean_over_workers,
+                     references.np_trimmed_mean),
     "mean_around_median": (order_stats.mean_around_median_over_workers,
-                           np_meamed),
-    "phocas": (order_stats.phocas_over_workers, np_phocas),
+                           references.np_meamed),
+    "phocas": (order_stats.phocas_over_workers, references.np_phocas),
 }
 
 # ---------------------------------------------------------------------------
@@ -163,8 +132,8 @@ def test_mean_around_median_any_number_dropped(n):
                  static_argnums=1)
     np.testing.assert_allclose(
         fn(x, drop),
-        np_mean_of_closest(x, n - drop, np_median(x)), rtol=1e-6, atol=1e-6,
-        err_msg=f"drop={drop}")
+        references.np_mean_of_closest(x, n - drop, references.np_median(x)),
+        rtol=1e-6, atol=1e-6, err_msg=f"drop={drop}")
 
 
 @pytest.mark.parametrize("name", ["mean_around_median", "phocas"])
@@ -264,10 +233,10 @@ def test_rules_match_numpy_on_pytrees():
   rng = np.random.default_rng(4)
   tree = {"w": rng.normal(size=(9, 3, 2)).astype(np.float32),
           "b": rng.integers(-2, 3, size=(9, 5)).astype(np.float32)}
-  refs = {"median": lambda x: np_median(x),
-          "trimmed_mean": lambda x: np_trimmed_mean(x, 3),
-          "mean_around_median": lambda x: np_meamed(x, 3),
-          "phocas": lambda x: np_phocas(x, 3)}
+  refs = {"median": lambda x: references.np_median(x),
+          "trimmed_mean": lambda x: references.np_trimmed_mean(x, 3),
+          "mean_around_median": lambda x: references.np_meamed(x, 3),
+          "phocas": lambda x: references.np_phocas(x, 3)}
   for name, ref in refs.items():
     out = apply(RULES[name](3), tree)
     for key in tree:

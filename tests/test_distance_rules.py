@@ -4,7 +4,6 @@ Every rule is compared with a NumPy reference written from its paper.
 """
 
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
@@ -15,17 +14,7 @@ from distoptax.algorithms import aggregators
 from distoptax.algorithms.aggregators import clipping
 from distoptax.algorithms.aggregators import distances
 from distoptax.algorithms.aggregators import mda
-
-
-def ref_squared_distances(x):
-  x = np.asarray(x, np.float64)
-  bad = ~np.all(np.isfinite(x), axis=1)
-  with np.errstate(invalid="ignore", over="ignore"):
-    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-  d[bad, :] = np.inf
-  d[:, bad] = np.inf
-  np.fill_diagonal(d, 0.0)
-  return d
+from tests import references
 
 
 dist_fn = jax.jit(distances.pairwise_squared_distances)
@@ -41,7 +30,7 @@ def test_raw_weights_regression_centred_gram():
   d = 1_000_003
   base = 1.0 + 0.05 * rng.normal(size=d)
   x = (base + 1e-4 * rng.normal(size=(4, d))).astype(np.float32)
-  ref = ref_squared_distances(x)
+  ref = references.ref_squared_distances(x)
   got = np.asarray(dist_fn(jnp.asarray(x)))
   off = ~np.eye(4, dtype=bool)
   np.testing.assert_allclose(got[off], ref[off], rtol=1e-3)
@@ -62,7 +51,7 @@ def test_distances_of_a_pytree_sum_over_leaves_and_match_numpy():
     tree = {"a": jnp.asarray(x[:, :3]), "b": jnp.asarray(x[:, 3:]).reshape(
         n, 2, 2), "c": jnp.asarray(x[:, :0])}
     got = np.asarray(jax.jit(distances.pairwise_squared_distances)(tree))
-    ref = ref_squared_distances(x)
+    ref = references.ref_squared_distances(x)
     # Accuracy is relative to the squared norms around the centre.
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6 * ref.max())
     np.testing.assert_allclose(distances.flatten_workers(tree), x)
@@ -77,7 +66,8 @@ def test_chunked_and_single_product_paths_agree():
   a = np.asarray(distances._mul_pow2(*distances._distance_parts(*blocks)[:2]))
   b = np.asarray(distances._mul_pow2(*distances._distance_parts(*single)[:2]))
   np.testing.assert_allclose(a, b, rtol=1e-5)
-  np.testing.assert_allclose(a, ref_squared_distances(x), rtol=1e-5)
+  np.testing.assert_allclose(a, references.ref_squared_distances(x),
+                             rtol=1e-5)
 
 
 @pytest.mark.parametrize("scale", [1e6, 1e10, 1e18, 3e38])
@@ -90,7 +80,7 @@ def test_huge_finite_rows_neither_overflow_nor_blur_honest_distances(scale):
   x[2] = x[5] + 1e-3    # A subtle row near an honest one.
   info = info_fn(jnp.asarray(x))
   honest = np.arange(2, n)
-  ref = ref_squared_distances(x)[np.ix_(honest, honest)]
+  ref = references.ref_squared_distances(x)[np.ix_(honest, honest)]
   got = np.asarray(info.squared_distances)[np.ix_(honest, honest)]
   # Errors are relative to the honest spread (~0.4), not to the attack.
   np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.median(ref))
@@ -112,7 +102,8 @@ def test_nonfinite_rows_are_infinitely_far_with_zero_diagonal():
     assert np.all(np.isinf(np.delete(d[:, i], i)))
   good = [0, 2, 3, 5]
   np.testing.assert_allclose(d[np.ix_(good, good)],
-                             ref_squared_distances(x[good]), rtol=1e-5)
+                             references.ref_squared_distances(x[good]),
+                             rtol=1e-5)
 
 
 def test_combine_rows_ignores_zero_weight_nonfinite_rows():
@@ -125,18 +116,6 @@ def test_combine_rows_ignores_zero_weight_nonfinite_rows():
 
 
 # ------------------------------------------------------------ MDA
-def ref_mda(x, f):
-  """Brute force over subsets of size n - f, lexicographic ties."""
-  d = ref_squared_distances(x)
-  n = len(x)
-  best, best_diam = None, np.inf
-  for subset in itertools.combinations(range(n), n - f):
-    diam = max((d[i, j] for i in subset for j in subset), default=0.0)
-    if best is None or diam < best_diam:
-      best, best_diam = subset, diam
-  return np.asarray(x, np.float64)[list(best)].mean(0), list(best)
-
-
 @functools.lru_cache(maxsize=None)
 def mda_update(f):
   rule = mda.minimum_diameter_averaging(f)
@@ -158,7 +137,7 @@ def test_mda_matches_brute_force_reference(n, f):
     stacks.append(x.astype(np.float32))
   out, state = mda_update(f)(jnp.asarray(np.stack(stacks)))
   for b, x in enumerate(stacks):
-    want, subset = ref_mda(x, f)
+    want, subset = references.ref_mda(x, f)
     np.testing.assert_array_equal(np.flatnonzero(state.selected[b]), subset)
     np.testing.assert_allclose(out[b], want, rtol=1e-5, atol=1e-6)
 
@@ -191,28 +170,6 @@ def test_mda_preconditions_and_subset_cap():
 
 
 # ------------------------------------------------------------ clipping
-def ref_clip(x, c):
-  x = np.asarray(x, np.float64)
-  norms = np.linalg.norm(x, axis=1)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    factor = np.where(norms > c, c / norms, 1.0)
-  factor = np.where(np.isfinite(norms), factor, 0.0)
-  out = x * factor[:, None]
-  out[~np.isfinite(norms)] = 0.0
-  return out
-
-
-def ref_arc(x, f):
-  """Allouah et al. 2024: clip all to the (k+1)-th largest norm."""
-  x = np.asarray(x, np.float64)
-  n = len(x)
-  k = int(np.floor(2 * (f / n) * (n - f) + 1e-12))
-  norms = np.linalg.norm(x, axis=1)
-  norms = np.where(np.isfinite(norms), norms, np.inf)
-  c = sorted(norms, reverse=True)[k]
-  return ref_clip(x, c)
-
-
 def test_static_clipping_rule_and_function_match_reference():
   rng = np.random.default_rng(7)
   x = (rng.normal(size=(7, 9)) * rng.uniform(0.1, 5, size=(7, 1))).astype(
@@ -223,10 +180,11 @@ def test_static_clipping_rule_and_function_match_reference():
   rule_fn = jax.jit(lambda x, c: clipping.static_clipping(c).update(x, None))
   for c in (0.5, 2.0, 100.0):
     clipped = clip_fn(jnp.asarray(x), c)
-    np.testing.assert_allclose(clipped, ref_clip(x, c), rtol=1e-5, atol=1e-7)
-    out, _ = rule_fn(jnp.asarray(x), c)
-    np.testing.assert_allclose(out, ref_clip(x, c).mean(0), rtol=1e-5,
+    np.testing.assert_allclose(clipped, references.ref_clip(x, c), rtol=1e-5,
                                atol=1e-7)
+    out, _ = rule_fn(jnp.asarray(x), c)
+    np.testing.assert_allclose(out, references.ref_clip(x, c).mean(0),
+                               rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("n,f", [(4, 1), (9, 4), (6, 0)])
@@ -243,11 +201,11 @@ def test_arc_matches_reference(n, f):
     if trial % 3 == 2:
       x[1] = x[0]  # Equal norms.
     x = x.astype(np.float32)
-    np.testing.assert_allclose(clip_fn(jnp.asarray(x)), ref_arc(x, f),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(clip_fn(jnp.asarray(x)),
+                               references.ref_arc(x, f), rtol=1e-5, atol=1e-6)
     out, _ = rule_fn(jnp.asarray(x), None)
-    np.testing.assert_allclose(out, ref_arc(x, f).mean(0), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(out, references.ref_arc(x, f).mean(0),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_arc_constant_is_the_papers():
@@ -310,25 +268,6 @@ def test_clipping_argument_validation():
 
 
 # ------------------------------------------------------------ centered clipping
-def ref_centered_clipping(steps, tau, iterations):
-  """Karimireddy et al. 2021, v_0 = 0 then the previous aggregate."""
-  v = np.zeros(steps[0].shape[1])
-  outs = []
-  for x in steps:
-    x = np.asarray(x, np.float64)
-    for _ in range(iterations):
-      diff = x - v
-      norms = np.linalg.norm(diff, axis=1)
-      with np.errstate(divide="ignore", invalid="ignore"):
-        factor = np.minimum(1.0, tau / norms)
-      factor = np.where(norms == 0, 1.0, factor)
-      factor = np.where(np.isfinite(norms), factor, 0.0)
-      diff = np.where(np.isfinite(norms)[:, None], diff, 0.0)
-      v = v + (diff * factor[:, None]).mean(0)
-    outs.append(v.copy())
-  return outs
-
-
 @pytest.mark.parametrize("tau,iterations", [(0.5, 1), (2.0, 3), (1e9, 1)])
 def test_centered_clipping_is_stateful_and_matches_reference(tau, iterations):
   rng = np.random.default_rng(10)
@@ -342,7 +281,7 @@ def test_centered_clipping_is_stateful_and_matches_reference(tau, iterations):
   params = {"w": jnp.zeros((2, 3)), "b": jnp.zeros(())}
   state = rule.init(params, n)
   update = jax.jit(rule.update)
-  want = ref_centered_clipping(steps, tau, iterations)
+  want = references.ref_centered_clipping(steps, tau, iterations)
   for x, w in zip(steps, want):
     # "b" stays zero, so each worker's flattened update is its row of x.
     tree = {"w": jnp.asarray(x).reshape(n, 2, 3), "b": jnp.zeros((n,))}

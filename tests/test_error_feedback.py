@@ -11,7 +11,7 @@ from distoptax import distributed as dist
 from distoptax.algorithms.compressors import randomk
 from distoptax.algorithms.compressors import threelc
 from distoptax.algorithms.compressors import topk
-from tests import test_sparsifiers
+from tests import references
 
 NUM_WORKERS = 4
 
@@ -79,7 +79,7 @@ def test_memory_is_what_the_message_failed_to_carry():
       sent = np.zeros_like(p)
       for i in range(NUM_WORKERS):
         flat = p[i].ravel()
-        keep = test_sparsifiers.reference_top_k(flat.astype(np.float32), 2)
+        keep = references.reference_top_k(flat.astype(np.float32), 2)
         sent[i].reshape(-1)[keep] = flat[keep]
       expected[name] = p - sent
       np.testing.assert_allclose(state.error[name], expected[name],

@@ -9,43 +9,10 @@ import pytest
 
 from distoptax import distributed as dist
 from distoptax.algorithms import aggregators
+from tests import references
 
 
 # ---------------------------------------------------------------- reference
-def ref_squared_distances(x):
-  """Direct pairwise squared distances in float64; non-finite rows: +inf."""
-  x = np.asarray(x, np.float64)
-  bad = ~np.all(np.isfinite(x), axis=1)
-  with np.errstate(invalid="ignore", over="ignore"):
-    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-  d[bad, :] = np.inf
-  d[:, bad] = np.inf
-  np.fill_diagonal(d, 0.0)
-  return d
-
-
-def ref_scores(x, f):
-  """Blanchard et al.: sum of squared distances to the n - f - 2 nearest."""
-  d = ref_squared_distances(x)
-  n = len(d)
-  scores = []
-  for i in range(n):
-    others = sorted(d[i, j] for j in range(n) if j != i)
-    scores.append(sum(others[:n - f - 2]))
-  return np.array(scores)
-
-
-def ref_krum_index(x, f):
-  scores = ref_scores(x, f)
-  return min(range(len(scores)), key=lambda i: (scores[i], i))
-
-
-def ref_multi_krum(x, f, m):
-  scores = ref_scores(x, f)
-  chosen = sorted(range(len(scores)), key=lambda i: (scores[i], i))[:m]
-  return np.asarray(x, np.float64)[chosen].mean(0), sorted(chosen)
-
-
 def near_ties(scores, index, rtol=1e-4):
   """Indices whose reference score is within rtol of scores[index]."""
   s = scores[index]
@@ -111,8 +78,8 @@ def test_krum_matches_reference_on_many_stacks(n, f):
   out, state = update(jax.tree.map(lambda *l: jnp.stack(l),
                                    *[as_tree(s) for s in stacks]))
   for b, x in enumerate(stacks):
-    scores = ref_scores(x, f)
-    want = ref_krum_index(x, f)
+    scores = references.ref_scores(x, f)
+    want = references.ref_krum_index(x, f)
     got = int(np.argmax(state.selected[b]))
     assert state.selected[b].sum() == 1
     assert got in near_ties(scores, want), (b, got, want, scores)
@@ -143,7 +110,7 @@ def test_krum_output_is_one_of_the_inputs_bitwise_on_a_pytree():
           "b": jnp.asarray(x[:, 300_000])}
   out, state = jitted("krum", 2)(tree)
   i = int(np.argmax(state.selected))
-  assert i == ref_krum_index(x, 2)
+  assert i == references.ref_krum_index(x, 2)
   np.testing.assert_array_equal(out["w"], tree["w"][i])
   np.testing.assert_array_equal(out["b"], tree["b"][i])
   assert out["w"].dtype == jnp.float32
@@ -159,8 +126,8 @@ def test_multi_krum_matches_reference(n, f, m):
                                    *[as_tree(s) for s in stacks]))
   mm = n - f if m is None else m
   for b, x in enumerate(stacks):
-    scores = ref_scores(x, f)
-    want, chosen = ref_multi_krum(x, f, mm)
+    scores = references.ref_scores(x, f)
+    want, chosen = references.ref_multi_krum(x, f, mm)
     got = sorted(np.flatnonzero(state.selected[b]))
     assert len(got) == mm
     if KINDS[b % len(KINDS)] in ("lattice", "mimic"):
@@ -236,7 +203,8 @@ def test_a_huge_byzantine_row_cannot_blur_honest_distances():
   x[0] = 1e10
   x[1] = x[3] + 0.05  # A subtle Byzantine row near the winner.
   out, state = jitted("krum", f)(jnp.asarray(x))
-  assert int(np.argmax(state.selected)) == ref_krum_index(x, f) == 3
+  assert int(np.argmax(state.selected)) == references.ref_krum_index(
+      x, f) == 3
 
 
 @pytest.mark.parametrize("n,f", [(6, 2), (4, 1), (2, 0)])
@@ -279,11 +247,11 @@ def test_scores_fail_if_the_neighbour_count_were_n_minus_f_minus_1():
   found = 0
   for _ in range(300):
     x = rng.normal(size=(n, 2)).astype(np.float32)
-    d = ref_squared_distances(x)
+    d = references.ref_squared_distances(x)
     byzfl = [np.sort(np.delete(d[i], i))[: n - f - 1].sum() for i in range(n)]
-    paper = ref_krum_index(x, f)
-    if int(np.argmin(byzfl)) != paper and len(near_ties(ref_scores(x, f),
-                                                        paper)) == 1:
+    paper = references.ref_krum_index(x, f)
+    if int(np.argmin(byzfl)) != paper and len(near_ties(
+        references.ref_scores(x, f), paper)) == 1:
       _, state = jitted("krum", f)(jnp.asarray(x))
       assert int(np.argmax(state.selected)) == paper
       found += 1

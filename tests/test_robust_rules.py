@@ -14,16 +14,15 @@ inputs; bucketing shuffles the workers; Bulyan, MDA and Byzantine SGD break
 exact ties by worker index; sums over workers are permutation invariant
 only to rounding.
 
-References: most come from the per-rule test files, each written from its
-paper (``tests/test_coordinatewise.py``: median, trimmed mean, MeaMed,
-Phocas; ``test_krum.py``: Krum, Multi-Krum; ``test_bulyan.py``;
-``test_distance_rules.py``: MDA, static clipping, ARC, centered clipping;
-``test_preaggregation.py``: NNM, bucketing; ``test_zeno.py``;
-``test_byzantine_sgd.py``). The mean and the geometric median (as the
-minimiser of the sum of distances, not as an iteration) are written here.
-The differential test runs every row on the same battery, which includes
-exact ties between values (small-integer lattices), between different
-vectors (mirror-symmetric stacks) and exact duplicates (mimic copies).
+References: most come from ``tests/references.py``, each written from its
+paper and shared with the per-rule test files (median, trimmed mean,
+MeaMed, Phocas; Krum, Multi-Krum; Bulyan; MDA, static clipping, ARC,
+centered clipping; NNM, bucketing; Zeno; Byzantine SGD). The mean and the
+geometric median (as the minimiser of the sum of distances, not as an
+iteration) are written here. The differential test runs every row on the
+same battery, which includes exact ties between values (small-integer
+lattices), between different vectors (mirror-symmetric stacks) and exact
+duplicates (mimic copies).
 
 All tests share one jitted ``update`` per row (the same shapes throughout),
 so each rule compiles once here, plus once under ``dist.simulate``.
@@ -43,13 +42,7 @@ import pytest
 from distoptax import algorithms as alg
 from distoptax import distributed as dist
 from distoptax.algorithms import aggregators
-from tests import test_bulyan
-from tests import test_byzantine_sgd
-from tests import test_coordinatewise
-from tests import test_distance_rules
-from tests import test_krum
-from tests import test_preaggregation
-from tests import test_zeno
+from tests import references
 
 N, F = 11, 2  # Bulyan's n >= 4f + 3 is the tightest precondition.
 D = 8  # One worker's update: {"b": [2], "w": [2, 3]}, flattened in that order.
@@ -193,7 +186,7 @@ def stateless(fn):
 
 
 def krum_reference(x):
-  return np.asarray(x, np.float64)[test_krum.ref_krum_index(x, F)]
+  return np.asarray(x, np.float64)[references.ref_krum_index(x, F)]
 
 
 def centered_clipping_reference():
@@ -202,21 +195,21 @@ def centered_clipping_reference():
   def step(x, params, state):
     del params, state
     history.append(x)
-    return test_distance_rules.ref_centered_clipping(
+    return references.ref_centered_clipping(
         history, CC_RADIUS, CC_ITERATIONS)[-1]
 
   return step
 
 
 def byzantine_sgd_reference():
-  ref = test_byzantine_sgd._Reference(  # pylint: disable=protected-access
+  ref = references.ByzantineSGDReference(
       N, from_tree(PARAMS0), BSGD_V, BSGD_T, BSGD_T)
   return lambda x, params, state: ref.step(x, from_tree(params))
 
 
 def zeno_reference(x, params, state):
   del state
-  return test_zeno._reference(  # pylint: disable=protected-access
+  return references.zeno_reference(
       x, from_tree(params), value_np, ZENO_LR, ZENO_RHO, F)[0]
 
 
@@ -224,8 +217,8 @@ def bucketing_then_median_reference(x, params, state):
   del params
   key, _ = jax.random.split(jax.random.wrap_key_data(state.pre[0].key))
   perm = np.asarray(jax.random.permutation(key, N))
-  buckets = test_preaggregation.ref_bucketing(x, perm, BUCKET)
-  return test_coordinatewise.np_median(buckets)
+  buckets = references.ref_bucketing(x, perm, BUCKET)
+  return references.np_median(buckets)
 
 
 # ------------------------------------------------------------- the table
@@ -295,26 +288,26 @@ AGGREGATOR_ROWS = {
         "the mean non-finite (the docstring's 'Not robust')"),
     "median": Row(
         make=lambda make: make(num_byzantine=F),
-        reference=stateless(test_coordinatewise.np_median),
+        reference=stateless(references.np_median),
         permutation=EXACT, precondition=_precondition("median", 2 * F),
         bound="honest_range"),
     "trimmed_mean": Row(
         make=lambda make: make(F),
         reference=stateless(
-            lambda x: test_coordinatewise.np_trimmed_mean(x, F)),
+            lambda x: references.np_trimmed_mean(x, F)),
         # The kept values are summed in an order that depends on the input
         # order (order_stats prunes the sorting network to the multiset).
         permutation=CLOSE, precondition=_precondition("trimmed_mean", 2 * F),
         bound="honest_range"),
     "mean_around_median": Row(
         make=lambda make: make(F),
-        reference=stateless(lambda x: test_coordinatewise.np_meamed(x, F)),
+        reference=stateless(lambda x: references.np_meamed(x, F)),
         permutation=CLOSE,  # As the trimmed mean; ties: see the notes.
         precondition=_precondition("mean_around_median", 2 * F),
         bound="near_median"),
     "phocas": Row(
         make=lambda make: make(F),
-        reference=stateless(lambda x: test_coordinatewise.np_phocas(x, F)),
+        reference=stateless(lambda x: references.np_phocas(x, F)),
         permutation=CLOSE, precondition=_precondition("phocas", 2 * F),
         bound="near_trimmed_mean"),
     "geometric_median": Row(
@@ -336,31 +329,31 @@ AGGREGATOR_ROWS = {
     "multi_krum": Row(
         make=lambda make: make(F),
         reference=stateless(
-            lambda x: test_krum.ref_multi_krum(x, F, N - F)[0]),
+            lambda x: references.ref_multi_krum(x, F, N - F)[0]),
         permutation=CLOSE,
         precondition=_precondition("multi_krum", 2 * F + 2, "n > 2f + 2")),
     "bulyan": Row(
         make=lambda make: make(F),
-        reference=stateless(lambda x: test_bulyan.ref_bulyan(x, F)[0]),
+        reference=stateless(lambda x: references.ref_bulyan(x, F)[0]),
         # With f = 2 the last Krum round sums one neighbour: two mutual
         # nearest neighbours always tie and the lower index wins.
         permutation=TIES,
         precondition=_precondition("bulyan", 4 * F + 2, "n >= 4f + 3")),
     "minimum_diameter_averaging": Row(
         make=lambda make: make(F),
-        reference=stateless(lambda x: test_distance_rules.ref_mda(x, F)[0]),
+        reference=stateless(lambda x: references.ref_mda(x, F)[0]),
         # Subsets of equal diameter: the lexicographically first wins.
         permutation=TIES,
         precondition=_precondition("minimum_diameter_averaging", 2 * F)),
     "static_clipping": Row(
         make=lambda make: make(CLIP_NORM),
         reference=stateless(
-            lambda x: test_distance_rules.ref_clip(x, CLIP_NORM).mean(0)),
+            lambda x: references.ref_clip(x, CLIP_NORM).mean(0)),
         permutation=CLOSE),
     "adaptive_robust_clipping": Row(
         make=lambda make: make(F),
         reference=stateless(
-            lambda x: test_distance_rules.ref_arc(x, F).mean(0)),
+            lambda x: references.ref_arc(x, F).mean(0)),
         permutation=CLOSE,
         precondition=_precondition("adaptive_robust_clipping", 2 * F)),
     "centered_clipping": Row(
@@ -388,8 +381,8 @@ PREAGGREGATOR_ROWS = {
     "adaptive_robust_clipping": Row(
         make=lambda make: aggregators.pre_aggregated(
             make(F), aggregators.trimmed_mean(F)),
-        reference=stateless(lambda x: test_coordinatewise.np_trimmed_mean(
-            test_distance_rules.ref_arc(x, F), F)),
+        reference=stateless(lambda x: references.np_trimmed_mean(
+            references.ref_arc(x, F), F)),
         permutation=CLOSE,
         precondition=_precondition("adaptive_robust_clipping", 2 * F)),
     "bucketing": Row(
@@ -402,15 +395,15 @@ PREAGGREGATOR_ROWS = {
     "nearest_neighbor_mixing": Row(  # Then TrMean, as Allouah et al.
         make=lambda make: aggregators.pre_aggregated(
             make(F), aggregators.trimmed_mean(F)),
-        reference=stateless(lambda x: test_coordinatewise.np_trimmed_mean(
-            test_preaggregation.ref_nnm(x, F), F)),
+        reference=stateless(lambda x: references.np_trimmed_mean(
+            references.ref_nnm(x, F), F)),
         permutation=CLOSE,
         precondition=_precondition("nearest_neighbor_mixing", 2 * F)),
     "static_clipping": Row(
         make=lambda make: aggregators.pre_aggregated(
             make(CLIP_NORM), aggregators.median(F)),
-        reference=stateless(lambda x: test_coordinatewise.np_median(
-            test_distance_rules.ref_clip(x, CLIP_NORM))),
+        reference=stateless(lambda x: references.np_median(
+            references.ref_clip(x, CLIP_NORM))),
         permutation=EXACT, precondition=_precondition("median", 2 * F)),
 }
 
@@ -631,9 +624,9 @@ def test_output_stays_within_the_documented_bound(key):
         low, high = honest.min(0), honest.max(0)
       else:
         sane = np.where(np.isnan(x), np.inf, x).astype(np.float64)
-        centre = (test_coordinatewise.np_median(sane)
+        centre = (references.np_median(sane)
                   if row.bound == "near_median" else
-                  test_coordinatewise.np_trimmed_mean(sane, F))
+                  references.np_trimmed_mean(sane, F))
         reach = np.abs(honest - centre).max(0) * (1 + 1e-6) + 1e-6
         low, high = centre - reach, centre + reach
       assert np.all(out >= low - 1e-6) and np.all(out <= high + 1e-6), msg

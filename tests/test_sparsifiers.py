@@ -1,6 +1,7 @@
 """Top-k, global top-k, random-k and threshold sparsifiers, and the contract.
 
-``check_compressor_contract`` is shared with ``test_threelc.py``.
+The contract itself is ``helpers.check_compressor_contract``, shared with
+``test_threelc.py``.
 """
 
 import math
@@ -8,32 +9,14 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from distoptax import algorithms as alg
-from distoptax import distributed as dist
 from distoptax.algorithms.compressors import randomk
 from distoptax.algorithms.compressors import selection
 from distoptax.algorithms.compressors import topk
-from distoptax.distributed import comm_stats
 from tests import helpers
-
-NUM_WORKERS = 4
-
-
-# ---------------------------------------------------------------- references
-
-
-def reference_top_k(x, k):
-  """NumPy: the k largest |x| (NaN largest), ties to the lowest index."""
-  x = np.asarray(x)
-  mag = np.abs(x.astype(np.float64))
-  mag = np.where(np.isnan(mag), np.inf, mag)
-  # +inf and NaN both map to inf here; order NaN above inf explicitly.
-  nan = np.isnan(x).astype(np.int8)
-  order = np.lexsort((np.arange(x.size), -mag, -nan))
-  return np.sort(order[:k])
+from tests import references
 
 
 def _adversarial_inputs(d, sample_size, rng):
@@ -73,7 +56,7 @@ def test_top_k_indices_equal_numpy_on_adversarial_inputs(k):
       lambda x: selection.top_k_indices(x, k, sample_size=m)))
   got = np.asarray(select(jnp.asarray(batch)))
   for row, x in zip(got, batch):
-    np.testing.assert_array_equal(row, reference_top_k(x, k))
+    np.testing.assert_array_equal(row, references.reference_top_k(x, k))
 
 
 def test_top_k_indices_sorted_path_and_small_dtypes():
@@ -81,12 +64,12 @@ def test_top_k_indices_sorted_path_and_small_dtypes():
   x = rng.integers(-5, 6, size=700).astype(np.float32)
   for k in (0, 1, 350, 700):   # d <= 4 * sample_size: stable sort
     got = selection.top_k_indices(jnp.asarray(x), k)
-    np.testing.assert_array_equal(got, reference_top_k(x, k))
+    np.testing.assert_array_equal(got, references.reference_top_k(x, k))
   select = jax.jit(lambda y: selection.top_k_indices(y, 50, sample_size=16))
   for dtype in (jnp.bfloat16, jnp.float16):
     y = jnp.asarray(rng.normal(size=2000), dtype)
     np.testing.assert_array_equal(select(y),
-                                  reference_top_k(np.asarray(y), 50))
+                                  references.reference_top_k(np.asarray(y), 50))
 
 
 def test_find_threshold_reaches_the_window_through_ties():
@@ -120,8 +103,9 @@ def test_top_k_is_contractive_and_selects_the_reference_set():
     for x in (rng.normal(size=d), rng.integers(-2, 3, size=d)):
       x = jnp.asarray(x, jnp.float32)
       message = c.encode(jax.random.key(0), {"x": x})
-      np.testing.assert_array_equal(message["x"].arrays["indices"],
-                                    reference_top_k(np.asarray(x), k))
+      np.testing.assert_array_equal(
+          message["x"].arrays["indices"],
+          references.reference_top_k(np.asarray(x), k))
       y = c.decode(message)["x"]
       err = float(jnp.sum((x - y) ** 2))
       assert err <= (1 - k / d) * float(jnp.sum(x ** 2)) * (1 + 1e-6) + 1e-9
@@ -136,7 +120,7 @@ def test_global_top_k_equals_top_k_of_the_concatenation():
   message = c.encode(jax.random.key(0), tree)
   flat = np.concatenate([np.asarray(l, np.float32).ravel()
                          for l in jax.tree.leaves(tree)])
-  want = reference_top_k(flat, 6)
+  want = references.reference_top_k(flat, 6)
   np.testing.assert_array_equal(message.arrays["indices"], want)
   dense = np.zeros_like(flat)
   dense[want] = flat[want]
@@ -258,82 +242,6 @@ def test_threshold_wire_format_overflow_and_empty_message():
 # ------------------------------------------------------------------- contract
 
 
-def _contract_tree(rng):
-  return {"w": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32),
-          "b": jnp.asarray(rng.normal(size=(7,)), jnp.bfloat16),
-          "s": jnp.asarray(rng.normal(), jnp.float32)}
-
-
-def check_compressor_contract(compressor, wire_bytes):
-  """Jit once, static message layout, measured bytes, and dist.aggregate.
-
-  Args:
-    compressor: the compressor under test.
-    wire_bytes: ``wire_bytes(tree) -> int``, the documented message bytes.
-  """
-  rng = np.random.default_rng(0)
-  traces = []
-
-  def encode(key, tree):
-    traces.append(None)
-    return compressor.encode(key, tree)
-
-  jitted = jax.jit(encode)
-  decode = jax.jit(compressor.decode)
-  inputs = [_contract_tree(rng), jax.tree.map(jnp.zeros_like,
-                                              _contract_tree(rng)),
-            jax.tree.map(lambda l: jnp.round(l), _contract_tree(rng))]
-  layouts = []
-  for i, tree in enumerate(inputs):
-    message = jitted(jax.random.key(i), tree)
-    layouts.append([(l.shape, l.dtype) for l in jax.tree.leaves(message)])
-    assert comm_stats.tree_bytes(message) == wire_bytes(tree)
-    out = decode(message)
-    assert jax.tree.structure(out) == jax.tree.structure(tree)
-    for o, t in zip(jax.tree.leaves(out), jax.tree.leaves(tree)):
-      assert o.shape == t.shape and o.dtype == t.dtype
-    if compressor.coded_bits is not None:
-      bits = compressor.coded_bits(message)
-      assert bits.dtype == jnp.int32 and bits.shape == ()
-  assert len(traces) == 1 and jitted._cache_size() == 1
-  assert all(layout == layouts[0] for layout in layouts)
-
-  # Under dist.aggregate, 4 simulated workers, with error feedback.
-  params = helpers.mlp_params(jax.random.key(0))
-  paths = [compressor]
-  if compressor.summable:
-    paths.append(compressor._replace(summable=False))
-  finals = []
-  for c in paths:
-    tx = optax.chain(dist.aggregate(alg.aggregators.mean(), compressor=c,
-                                    error_feedback=True), optax.sgd(0.1))
-    runtime = dist.simulate(dist.data_parallel(helpers.mlp_loss, tx),
-                            NUM_WORKERS)
-    state = runtime.init(params)
-    for t in range(2):
-      state, metrics = runtime.step(
-          state, helpers.worker_batches(t, NUM_WORKERS, 6))
-    helpers.assert_replicated(state.params)
-    assert np.all(np.isfinite(np.asarray(metrics["loss"])))
-    (stats,) = dist.find_comm_stats(state.opt_state)
-    sent = comm_stats.tree_bytes(jax.eval_shape(
-        compressor.encode, jax.random.key(0), params))
-    assert sent == wire_bytes(params)
-    if c.summable:
-      np.testing.assert_array_equal(stats.all_reduce_bytes, sent)
-      np.testing.assert_array_equal(stats.all_gather_bytes, 0)
-    else:
-      np.testing.assert_array_equal(stats.all_gather_bytes, sent)
-      np.testing.assert_array_equal(stats.all_reduce_bytes, 0)
-    assert dist.total_bytes(jax.tree.map(lambda a: a[0], stats)) == 2 * sent
-    if compressor.coded_bits is None:
-      np.testing.assert_array_equal(stats.coded_bytes, sent)
-    finals.append(state.params)
-  if len(finals) == 2:   # psum path == all-gather path
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(
-        a, b, rtol=1e-5, atol=1e-6), *finals)
-
-
 def _sizes(tree):
   return [int(np.prod(l.shape)) for l in jax.tree.leaves(tree)]
 
@@ -369,4 +277,4 @@ CONTRACT = {
 @pytest.mark.parametrize("name", sorted(CONTRACT))
 def test_compressor_contract(name):
   factory, wire_bytes = CONTRACT[name]
-  check_compressor_contract(factory(), wire_bytes)
+  helpers.check_compressor_contract(factory(), wire_bytes)

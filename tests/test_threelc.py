@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from distoptax.algorithms.compressors import threelc
-from tests import test_sparsifiers
+from tests import helpers
 
 ZERO = threelc.ZERO_BYTE
 
@@ -122,7 +122,7 @@ def test_coded_bits_are_the_zero_run_encoded_stream():
 
 
 def test_three_lc_contract():
-  test_sparsifiers.check_compressor_contract(
+  helpers.check_compressor_contract(
       threelc.three_lc(1.5),
       lambda tree: sum(-(-int(np.prod(l.shape)) // 5) + 4
                        for l in jax.tree.leaves(tree)))

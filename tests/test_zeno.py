@@ -11,6 +11,7 @@ import pytest
 from distoptax import distributed as dist
 # From the module itself: the package re-exports a function of this name.
 from distoptax.algorithms.aggregators.zeno import zeno
+from tests import references
 
 
 def _problem(seed, d=6, m=5):
@@ -37,24 +38,6 @@ def _split(x):
   return {"a": x[..., :4].reshape(x.shape[:-1] + (2, 2)), "b": x[..., 4:]}
 
 
-def _reference(stack, x, value_np, lr, rho, b, penalty="squared_norm"):
-  """Zeno from the paper's definition, in float64, with a Python sort."""
-  stack = np.asarray(stack, np.float64)
-  n, d = stack.shape
-  scores, finite = [], []
-  for g in stack:
-    ok = bool(np.all(np.isfinite(g)))
-    pen = np.sum(g ** 2) if penalty == "squared_norm" else np.mean(g ** 2)
-    s = value_np(x) - value_np(x - lr * g) - rho * pen if ok else -np.inf
-    scores.append(-np.inf if np.isnan(s) else s)
-    finite.append(ok)
-  order = sorted(range(n), key=lambda i: (not finite[i], -scores[i], i))
-  kept = sorted(order[:n - b])
-  selected = np.zeros(n)
-  selected[kept] = 1.0
-  return stack[kept].mean(0), selected, np.array(scores)
-
-
 @pytest.mark.parametrize("penalty", ["squared_norm", "mean_square"])
 def test_matches_numpy_reference_on_random_stacks(penalty):
   rng = np.random.default_rng(0 if penalty == "squared_norm" else 1)
@@ -77,8 +60,8 @@ def test_matches_numpy_reference_on_random_stacks(penalty):
       x = rng.normal(size=6).astype(np.float32)
       lr, rho = float(rng.uniform(0.01, 0.5)), float(rng.uniform(0, 0.1))
       out, state = update(_split(stack), _split(x), lr, rho)
-      want, selected, scores = _reference(stack, x, value_np, lr, rho, b,
-                                          penalty)
+      want, selected, scores = references.zeno_reference(
+          stack, x, value_np, lr, rho, b, penalty)
       ordered = np.sort(scores)[::-1]
       gap = ordered[n - b - 1] - ordered[n - b] if b else np.inf
       if 0 < gap < 1e-5:
@@ -162,7 +145,7 @@ def test_non_finite_candidates_from_b_workers_give_a_finite_result(bad):
   np.testing.assert_array_equal(state.selected, [1, 0, 1, 1, 0, 1, 0, 1])
   for leaf in jax.tree.leaves(out):
     assert np.all(np.isfinite(leaf))
-  want, _, _ = _reference(stack, x, value_np, 0.1, 0.01, 3)
+  want, _, _ = references.zeno_reference(stack, x, value_np, 0.1, 0.01, 3)
   np.testing.assert_allclose(out["b"], want[4:], rtol=1e-5)
   # More non-finite candidates than b: one is averaged, on purpose.
   rule = zeno(2, learning_rate=0.1, rho=0.01)
