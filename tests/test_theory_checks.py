@@ -166,6 +166,12 @@ def test_seeds_override():
   assert result.config["num_seeds"] == 2
 
 
+@pytest.mark.parametrize("name", sorted(theory_checks.CHECKS))
+def test_unknown_override_is_refused_before_any_work(name):
+  with pytest.raises(ValueError, match=r"has no field 'num_stepz'; fields: "):
+    theory_checks.CHECKS[name](quick=True, num_stepz=3)
+
+
 def test_claim_passes_on_point_estimate():
   claim = harness.Claim("c", "s", "src", "m", expected=-1.0, tolerance=0.15)
   assert claim.passes(-1.15) and claim.passes(-0.9)

@@ -368,10 +368,8 @@ def run(*, quick: bool = False, seeds: int | None = None,
     The :class:`harness.CheckResult`; ``measured`` is the number of
     sub-claims that hold, ``extras["table"]`` the seed-mean accuracies.
   """
-  config = QUICK if quick else Config()
-  if seeds is not None:
-    overrides["num_seeds"] = seeds
-  config = dataclasses.replace(config, **overrides)
+  config = harness.resolve_config(Config(), QUICK, quick=quick, seeds=seeds,
+                                  overrides=overrides)
   if config.epsilons[0] is not None:
     raise ValueError(f"config.epsilons must start with None (no attack); "
                      f"got {config.epsilons}")

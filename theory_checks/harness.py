@@ -90,6 +90,49 @@ class CheckResult:
     return bool(self.ci[0] <= self.claim.expected <= self.ci[1])
 
 
+def resolve_config(default: Any, quick_config: Any, *, quick: bool,
+                   seeds: int | None, overrides: Mapping[str, Any]) -> Any:
+  """The configuration of one run of a check.
+
+  Args:
+    default: the full configuration (a frozen dataclass).
+    quick_config: the ``--quick`` configuration (same class).
+    quick: whether to start from ``quick_config``.
+    seeds: the number of seeds (field ``num_seeds``), or ``None`` to keep it.
+    overrides: further fields to replace.
+
+  Returns:
+    The configuration with ``num_seeds`` and ``overrides`` applied.
+
+  Raises:
+    ValueError: for an override that names no field of the configuration.
+
+  Example:
+    >>> import dataclasses
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Config:
+    ...   num_steps: int = 100
+    ...   num_seeds: int = 5
+    >>> resolve_config(Config(), Config(num_steps=10), quick=True, seeds=2,
+    ...                overrides={})
+    Config(num_steps=10, num_seeds=2)
+    >>> resolve_config(Config(), Config(), quick=False, seeds=None,
+    ...                overrides={"steps": 3})
+    Traceback (most recent call last):
+    ...
+    ValueError: Config has no field 'steps'; fields: ['num_seeds', 'num_steps']
+  """
+  config = quick_config if quick else default
+  names = sorted(field.name for field in dataclasses.fields(config))
+  for name in overrides:
+    if name not in names:
+      raise ValueError(f"{type(config).__name__} has no field {name!r}; "
+                       f"fields: {names}")
+  if seeds is not None:
+    overrides = {**overrides, "num_seeds": seeds}
+  return dataclasses.replace(config, **overrides)
+
+
 def slope_result(
     claim: Claim,
     x: Any,

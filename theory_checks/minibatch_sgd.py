@@ -225,10 +225,8 @@ def run(*, quick: bool = False, seeds: int | None = None,
   Returns:
     The :class:`harness.CheckResult`; ``measured`` is the slope.
   """
-  config = QUICK if quick else Config()
-  if seeds is not None:
-    overrides["num_seeds"] = seeds
-  config = dataclasses.replace(config, **overrides)
+  config = harness.resolve_config(Config(), QUICK, quick=quick, seeds=seeds,
+                                  overrides=overrides)
   start = time.perf_counter()
   problem = make_problem(config.num_points, config.dim, config.noise,
                          config.data_seed)

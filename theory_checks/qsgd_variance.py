@@ -330,10 +330,8 @@ def run(*, quick: bool = False, seeds: int | None = None,
     sub-claims that hold, ``extras["sub_claims"]`` has each one's figures
     and ``extras["sweeps"]`` the Monte-Carlo and exact variances.
   """
-  config = QUICK if quick else Config()
-  if seeds is not None:
-    overrides["num_seeds"] = seeds
-  config = dataclasses.replace(config, **overrides)
+  config = harness.resolve_config(Config(), QUICK, quick=quick, seeds=seeds,
+                                  overrides=overrides)
   start = time.perf_counter()
   points = _points(config)
   fig = sweep(config)

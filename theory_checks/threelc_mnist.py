@@ -383,10 +383,8 @@ def run(*, quick: bool = False, seeds: int | None = None,
     sub-claims that hold, ``extras["sub_claims"]`` has each one's figures
     and ``extras["per_multiplier"]`` the ratios, accuracies and checks.
   """
-  config = QUICK if quick else Config()
-  if seeds is not None:
-    overrides["num_seeds"] = seeds
-  config = dataclasses.replace(config, **overrides)
+  config = harness.resolve_config(Config(), QUICK, quick=quick, seeds=seeds,
+                                  overrides=overrides)
   if config.num_steps % config.eval_every:
     raise ValueError(f"num_steps={config.num_steps} must be a multiple of "
                      f"eval_every={config.eval_every}")

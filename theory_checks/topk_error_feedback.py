@@ -299,10 +299,8 @@ def run(*, quick: bool = False, seeds: int | None = None,
     The :class:`harness.CheckResult`; ``measured`` is the number of
     sub-claims that hold, ``extras["sub_claims"]`` has each one's figures.
   """
-  config = QUICK if quick else Config()
-  if seeds is not None:
-    overrides["num_seeds"] = seeds
-  config = dataclasses.replace(config, **overrides)
+  config = harness.resolve_config(Config(), QUICK, quick=quick, seeds=seeds,
+                                  overrides=overrides)
   start = time.perf_counter()
   problem = minibatch_sgd.make_problem(config.num_points, config.dim,
                                        config.noise, config.data_seed)
