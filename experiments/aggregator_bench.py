@@ -195,6 +195,7 @@ def load_byzfl() -> tuple[Any, Any] | str:
     sys.modules.pop("byzfl.aggregators", None)
     stub = types.ModuleType("byzfl")
     stub.__path__ = list(spec.submodule_search_locations)
+    stub.__spec__ = spec  # So that a later call finds it again.
     sys.modules["byzfl"] = stub
     try:
       module = importlib.import_module("byzfl.aggregators")
