@@ -460,14 +460,10 @@ def run(*, quick: bool = False, seeds: int | None = None,
                   {r: versus[r] for r in rules}, facts)
 
   # Bootstrap over seeds: the count's 95% range.
-  rng = np.random.default_rng(0)
-  counts = []
-  for _ in range(1000):
-    rows = rng.integers(0, config.num_seeds, config.num_seeds)
-    counts.append(sum(_judge(
-        config, ms, gap_m[rows], alphas, excess[rows],
-        {r: versus[r][rows] for r in rules}, facts)))
-  ci = (float(np.percentile(counts, 2.5)), float(np.percentile(counts, 97.5)))
+  ci = harness.bootstrap_count_ci(
+      lambda rows: sum(_judge(config, ms, gap_m[rows], alphas, excess[rows],
+                              {r: versus[r][rows] for r in rules}, facts)),
+      config.num_seeds)
 
   fit_m = fit_lib.loglog_slope(ms, gap_m, window=(ms.min(), ms.max()))
   fit_a = fit_lib.loglog_slope(alphas, excess,
@@ -543,14 +539,8 @@ def sub_claims_table(result: harness.CheckResult) -> str:
   """The sub-claims as a readable block (also in ``extras``)."""
   lines = []
   for c in result.extras["sub_claims"]:
-    ci = "" if c["ci"] is None else (
-        f" (95% CI [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}])")
-    expected = (c["expected"] if c["tolerance"] is None
-                else f"{c['expected']:g} ± {c['tolerance']:g}")
-    lines.append(
-        f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['value']:.3f}"
-        f"{ci}, expected {expected}; {c['also_required']}: "
-        f"{'yes' if c['also_holds'] else 'NO'}")
+    lines.append(f"{harness.sub_claim_line(c)}; {c['also_required']}: "
+                 f"{'yes' if c['also_holds'] else 'NO'}")
   return "\n".join(lines)
 
 

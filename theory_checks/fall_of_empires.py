@@ -388,12 +388,9 @@ def run(*, quick: bool = False, seeds: int | None = None,
 
   acc = {r: results[r]["accuracy"] for r in config.rules}
   passed = judge(config, acc)
-  rng = np.random.default_rng(0)
-  counts = []
-  for _ in range(1000):
-    rows = rng.integers(0, config.num_seeds, config.num_seeds)
-    counts.append(sum(judge(config, {r: a[:, rows] for r, a in acc.items()})))
-  ci = (float(np.percentile(counts, 2.5)), float(np.percentile(counts, 97.5)))
+  ci = harness.bootstrap_count_ci(
+      lambda rows: sum(judge(config, {r: a[:, rows] for r, a in acc.items()})),
+      config.num_seeds)
 
   pairs = [(_label(e), r) for e in config.epsilons for r in config.rules]
   y = np.stack([acc[r][i] for i in range(len(config.epsilons))

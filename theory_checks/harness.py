@@ -133,6 +133,64 @@ def resolve_config(default: Any, quick_config: Any, *, quick: bool,
   return dataclasses.replace(config, **overrides)
 
 
+def bootstrap_count_ci(count_fn: Callable[[np.ndarray], float],
+                       num_seeds: int, *, num_resamples: int = 1000,
+                       seed: int = 0) -> tuple[float, float]:
+  """95% bootstrap range over seeds of a check's count of passed sub-claims.
+
+  Args:
+    count_fn: ``count_fn(rows) -> count``, the number of sub-claims that hold
+      on the seeds ``rows`` (an int array of ``num_seeds`` indices drawn with
+      replacement).
+    num_seeds: the number of seeds of the run.
+    num_resamples: bootstrap resamples.
+    seed: seed of the resampling.
+
+  Returns:
+    The 2.5th and 97.5th percentiles of the resampled counts.
+
+  Example:
+    >>> gaps = np.array([1.0, 1.1, 0.9, 5.0])
+    >>> lo, hi = bootstrap_count_ci(lambda rows: float(gaps[rows].mean() < 2),
+    ...                             num_seeds=4)
+    >>> (lo, hi)
+    (0.0, 1.0)
+  """
+  rng = np.random.default_rng(seed)
+  counts = []
+  for _ in range(num_resamples):
+    rows = rng.integers(0, num_seeds, num_seeds)
+    counts.append(count_fn(rows))
+  return (float(np.percentile(counts, 2.5)),
+          float(np.percentile(counts, 97.5)))
+
+
+def sub_claim_line(sub_claim: Mapping[str, Any]) -> str:
+  """``PASS  name: value (95% CI [lo, hi]), expected e ± tol`` of a sub-claim.
+
+  Args:
+    sub_claim: a dict with ``passed``, ``name``, ``value``, ``ci`` (a pair or
+      ``None``), ``expected`` and ``tolerance`` (``None`` when ``expected`` is
+      already a text such as ``"<= 0.5"``).
+
+  Returns:
+    The line, without a trailing newline; checks append their own details.
+
+  Example:
+    >>> sub_claim_line({"passed": True, "name": "(a) slope", "value": -1.02,
+    ...                 "ci": (-1.1, -0.95), "expected": -1.0,
+    ...                 "tolerance": 0.15})
+    'PASS  (a) slope: -1.020 (95% CI [-1.100, -0.950]), expected -1 ± 0.15'
+  """
+  c = sub_claim
+  ci = "" if c["ci"] is None else (
+      f" (95% CI [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}])")
+  expected = (c["expected"] if c["tolerance"] is None
+              else f"{c['expected']:g} ± {c['tolerance']:g}")
+  return (f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: "
+          f"{c['value']:.3f}{ci}, expected {expected}")
+
+
 def slope_result(
     claim: Claim,
     x: Any,

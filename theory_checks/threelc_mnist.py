@@ -406,15 +406,12 @@ def run(*, quick: bool = False, seeds: int | None = None,
     r["checks_ok"] = failures == 0 and r["checks"]["messages"] > 0
   passed = _judge(config, float_bytes, baseline["accuracy"], runs)
 
-  rng = np.random.default_rng(0)
-  counts = []
-  for _ in range(1000):
-    rows = rng.integers(0, config.num_seeds, config.num_seeds)
-    counts.append(sum(_judge(
-        config, float_bytes, baseline["accuracy"][rows],
-        [{"coded_bytes": r["coded_bytes"][rows], "accuracy":
-          r["accuracy"][rows], "checks_ok": r["checks_ok"]} for r in runs])))
-  ci = (float(np.percentile(counts, 2.5)), float(np.percentile(counts, 97.5)))
+  ci = harness.bootstrap_count_ci(
+      lambda rows: sum(_judge(
+          config, float_bytes, baseline["accuracy"][rows],
+          [{"coded_bytes": r["coded_bytes"][rows], "accuracy":
+            r["accuracy"][rows], "checks_ok": r["checks_ok"]} for r in runs])),
+      config.num_seeds)
 
   wire_bytes = sum(-(-size // 5) + 4 for size in sizes)
   per_multiplier = {}

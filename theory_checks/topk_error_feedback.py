@@ -316,13 +316,10 @@ def run(*, quick: bool = False, seeds: int | None = None,
   gap = {m: per_seed(results[m]["average"]) for m in METHODS}
   last = {m: per_seed(results[m]["last"]) for m in METHODS}
   passed, figures = _judge(config, steps, gap)
-  rng = np.random.default_rng(0)
-  counts = []
-  for _ in range(1000):
-    rows = rng.integers(0, config.num_seeds, config.num_seeds)
-    counts.append(sum(_judge(config, steps,
-                             {m: g[rows] for m, g in gap.items()})[0]))
-  ci = (float(np.percentile(counts, 2.5)), float(np.percentile(counts, 97.5)))
+  ci = harness.bootstrap_count_ci(
+      lambda rows: sum(_judge(config, steps,
+                              {m: g[rows] for m, g in gap.items()})[0]),
+      config.num_seeds)
 
   fits = {m: fit_lib.loglog_slope(steps, gap[m], window=config.rate_window)
           for m in METHODS}
@@ -382,13 +379,7 @@ def sub_claims_table(result: harness.CheckResult) -> str:
   """The sub-claims and the ratio curve as readable text."""
   lines = []
   for c in result.extras["sub_claims"]:
-    ci = "" if c["ci"] is None else (
-        f" (95% CI [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}])")
-    expected = (c["expected"] if c["tolerance"] is None
-                else f"{c['expected']:g} ± {c['tolerance']:g}")
-    lines.append(f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: "
-                 f"{c['value']:.3f}{ci}, expected {expected} "
-                 f"[{c['measured']}]")
+    lines.append(f"{harness.sub_claim_line(c)} [{c['measured']}]")
   extras = result.extras
   lines.append(f"{'T':>8} {'gap SGD':>10} {'EF/SGD':>8} {'noEF/SGD':>9}")
   for j, t in enumerate(extras["steps"]):
