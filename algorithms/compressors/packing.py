@@ -101,47 +101,47 @@ def _layout(bits: int, word_bits: int) -> tuple[int, int]:
   return group, bits * group // word_bits  # and words per group
 
 
+def _overlaps(bits: int, word_bits: int) -> list[tuple[int, int, int]]:
+  """Where the codes of a group meet its words.
+
+  Returns:
+    ``(j, k, offset)`` for every code slot ``j`` that shares bits with word
+    ``k``; ``offset`` is the code's first bit minus the word's (negative
+    when the code starts in an earlier word).
+  """
+  group, words_per_group = _layout(bits, word_bits)
+  return [(j, k, j * bits - k * word_bits)
+          for k in range(words_per_group) for j in range(group)
+          if j * bits < (k + 1) * word_bits and (j + 1) * bits > k * word_bits]
+
+
+def _shift_left(x: jax.Array, offset: int) -> jax.Array:
+  """``x << offset``, or ``x >> -offset`` for a negative offset."""
+  if offset >= 0:
+    return x << jnp.uint32(offset)
+  return x >> jnp.uint32(-offset)
+
+
 def _group_words(planes: list[jax.Array], bits: int,
                  word_bits: int) -> list[jax.Array]:
   """The words of groups given as code planes (uint32, one per slot)."""
-  group, words_per_group = _layout(bits, word_bits)
-  words = []
-  for k in range(words_per_group):
-    low, high = k * word_bits, (k + 1) * word_bits
-    word = None
-    for j in range(group):
-      start, stop = j * bits, (j + 1) * bits
-      if stop <= low or start >= high:
-        continue
-      if start >= low:
-        piece = planes[j] << jnp.uint32(start - low)
-      else:
-        piece = planes[j] >> jnp.uint32(low - start)
-      word = piece if word is None else word | piece
-    words.append(word)
+  words = [None] * _layout(bits, word_bits)[1]
+  for j, k, offset in _overlaps(bits, word_bits):
+    piece = _shift_left(planes[j], offset)
+    words[k] = piece if words[k] is None else words[k] | piece
   return words
 
 
 def _group_codes(words: list[jax.Array], bits: int,
                  word_bits: int) -> list[jax.Array]:
   """The code planes of groups given as word planes (uint32)."""
-  group, words_per_group = _layout(bits, word_bits)
-  mask = jnp.uint32((1 << bits) - 1) if bits < 32 else None
-  planes = []
-  for j in range(group):
-    start, stop = j * bits, (j + 1) * bits
-    code = None
-    for k in range(words_per_group):
-      low, high = k * word_bits, (k + 1) * word_bits
-      if stop <= low or start >= high:
-        continue
-      if start >= low:
-        piece = words[k] >> jnp.uint32(start - low)
-      else:
-        piece = words[k] << jnp.uint32(low - start)
-      code = piece if code is None else code | piece
-    planes.append(code if mask is None else code & mask)
-  return planes
+  codes = [None] * _layout(bits, word_bits)[0]
+  for j, k, offset in _overlaps(bits, word_bits):
+    piece = _shift_left(words[k], -offset)
+    codes[j] = piece if codes[j] is None else codes[j] | piece
+  if bits == 32:
+    return codes
+  return [code & jnp.uint32((1 << bits) - 1) for code in codes]
 
 
 CodeFn = Callable[..., jax.Array]
