@@ -69,6 +69,28 @@ def collective_operand_bytes(hlo_text, op):
   return total
 
 
+def mesh_step_bytes(tx, field):
+  """One ``data_parallel`` step of :func:`mlp_loss` with ``tx`` on 8 devices.
+
+  Args:
+    tx: the optimizer (with a ``dist.aggregate`` in it).
+    field: the ``CommStats`` field to read, e.g. ``"all_gather_bytes"``.
+
+  Returns:
+    ``(params, hlo_text, recorded)``: the initial parameters, the lowered
+    program and worker 0's ``field`` after the step.
+  """
+  step = dist.data_parallel(mlp_loss, tx)
+  rt = dist.on_mesh(step, jax.make_mesh((8,), (dist.WORKERS,)), 8)
+  params = mlp_params(jax.random.key(0))
+  state = rt.init(params)
+  batch = worker_batches(0, 8, 4)
+  hlo = rt.lower(state, batch).as_text()
+  state, _ = rt.step(state, batch)
+  (stats,) = dist.find_comm_stats(state.opt_state)
+  return params, hlo, int(np.asarray(getattr(stats, field))[0])
+
+
 _CONTRACT_NUM_WORKERS = 4  # Simulated workers in check_compressor_contract.
 
 

@@ -60,16 +60,7 @@ def test_wire_bytes_are_the_bytes_the_collective_receives(name, path):
   rule = alg.aggregators.mean() if path == "all_reduce" else _gathering_mean()
   tx = optax.chain(dist.aggregate(rule, compressor=compressor),
                    optax.sgd(0.1))
-  step = dist.data_parallel(helpers.mlp_loss, tx)
-  rt = dist.on_mesh(step, jax.make_mesh((8,), (dist.WORKERS,)), 8)
-  params = helpers.mlp_params(jax.random.key(0))
-  state = rt.init(params)
-  batch = helpers.worker_batches(0, 8, 4)
-  hlo = rt.lower(state, batch).as_text()
-  state, _ = rt.step(state, batch)
-  (stats,) = dist.find_comm_stats(state.opt_state)
-  field = f"{path}_bytes"
-  recorded = int(np.asarray(getattr(stats, field))[0])
+  params, hlo, recorded = helpers.mesh_step_bytes(tx, f"{path}_bytes")
   message = compressor.encode(jax.random.key(0), params)
   assert recorded == comm_stats.tree_bytes(message)
   assert helpers.collective_operand_bytes(hlo, path) == recorded

@@ -140,15 +140,7 @@ def test_simulate_rejects_bad_num_workers(bad):
 ])
 def test_wire_bytes_equal_bytes_in_the_lowered_program(compressor, op, field):
   compressor = _gather_identity() if compressor == "gather" else compressor
-  step = dist.data_parallel(helpers.mlp_loss, _tx(compressor))
-  rt = dist.on_mesh(step, jax.make_mesh((8,), (dist.WORKERS,)), 8)
-  params = helpers.mlp_params(jax.random.key(0))
-  state = rt.init(params)
-  batch = helpers.worker_batches(0, 8, 4)
-  hlo = rt.lower(state, batch).as_text()
-  state, _ = rt.step(state, batch)
-  (stats,) = dist.find_comm_stats(state.opt_state)
-  recorded = int(np.asarray(getattr(stats, field))[0])
+  params, hlo, recorded = helpers.mesh_step_bytes(_tx(compressor), field)
   param_bytes = sum(x.size * 4 for x in jax.tree.leaves(params))
   assert recorded == param_bytes
   assert helpers.collective_operand_bytes(hlo, op) == recorded
