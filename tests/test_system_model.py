@@ -1,4 +1,4 @@
-"""Tests for distoptax.distributed.system_model.
+"""Tests for the system model: collective costs, stragglers, SystemModel.
 
 The closed-form collective costs are checked against discrete-event
 simulations written here independently: messages occupy a sender's outgoing
@@ -15,7 +15,10 @@ import math
 import numpy as np
 import pytest
 
+from distoptax.distributed import clock
+from distoptax.distributed import stragglers as st
 from distoptax.distributed import system_model as sm
+from distoptax.distributed import topologies as topo
 
 BW = 1.0e8  # bytes / s
 LAT = 2.0e-5  # s
@@ -113,7 +116,7 @@ def _simulate_parameter_server(push, pull, n, s, bandwidth, latency):
 def test_ring_all_reduce_matches_simulation(n, num_bytes):
   simulated, buf, total = _simulate_ring_all_reduce(num_bytes, n, BW, LAT)
   np.testing.assert_allclose(buf, np.broadcast_to(total, (n, n)), rtol=1e-12)
-  got = sm.ring_all_reduce_seconds(num_bytes, n, bandwidth=BW, latency=LAT)
+  got = topo.ring_all_reduce_seconds(num_bytes, n, bandwidth=BW, latency=LAT)
   assert got == pytest.approx(simulated, rel=1e-12)
   assert got == pytest.approx(
       2 * (n - 1) * LAT + 2 * (n - 1) / n * num_bytes / BW, rel=1e-12)
@@ -124,7 +127,7 @@ def test_ring_all_reduce_matches_simulation(n, num_bytes):
 def test_ring_all_gather_matches_simulation(n, num_bytes):
   simulated, have = _simulate_ring_all_gather(num_bytes, n, BW, LAT)
   assert np.all(np.isfinite(have))  # every worker has every block
-  got = sm.ring_all_gather_seconds(num_bytes, n, bandwidth=BW, latency=LAT)
+  got = topo.ring_all_gather_seconds(num_bytes, n, bandwidth=BW, latency=LAT)
   assert got == pytest.approx(simulated, rel=1e-12)
 
 
@@ -134,7 +137,7 @@ def test_ring_all_gather_matches_simulation(n, num_bytes):
                                        (0, 500), (1_000_003, 0)])
 def test_parameter_server_matches_simulation(n, s, push, pull):
   simulated = _simulate_parameter_server(push, pull, n, s, BW, LAT)
-  got = sm.parameter_server_seconds(
+  got = topo.parameter_server_seconds(
       push, pull, n, bandwidth=BW, latency=LAT, num_servers=s)
   assert got == pytest.approx(simulated, rel=1e-12)
   if s <= n:  # The servers' links are the bottleneck.
@@ -143,9 +146,9 @@ def test_parameter_server_matches_simulation(n, s, push, pull):
 
 
 def test_single_worker_costs_nothing():
-  assert sm.ring_all_reduce_seconds(10**6, 1, bandwidth=BW, latency=LAT) == 0
-  assert sm.ring_all_gather_seconds(10**6, 1, bandwidth=BW, latency=LAT) == 0
-  for topology in sm.TOPOLOGIES:
+  assert topo.ring_all_reduce_seconds(10**6, 1, bandwidth=BW, latency=LAT) == 0
+  assert topo.ring_all_gather_seconds(10**6, 1, bandwidth=BW, latency=LAT) == 0
+  for topology in ("ring", "tree", "parameter_server"):
     model = sm.SystemModel(1, 0.1, bandwidth=BW, latency=LAT,
                            topology=topology)
     assert model.communication_seconds(
@@ -164,8 +167,8 @@ def test_communication_seconds_per_topology():
   ring = sm.SystemModel(n, 0.0, bandwidth=BW, latency=LAT)
   ps = sm.SystemModel(n, 0.0, bandwidth=BW, latency=LAT,
                       topology="parameter_server", num_servers=2)
-  t_ar = sm.ring_all_reduce_seconds(ar, n, bandwidth=BW, latency=LAT)
-  t_ag = sm.ring_all_gather_seconds(ag, n, bandwidth=BW, latency=LAT)
+  t_ar = topo.ring_all_reduce_seconds(ar, n, bandwidth=BW, latency=LAT)
+  t_ag = topo.ring_all_gather_seconds(ag, n, bandwidth=BW, latency=LAT)
   assert ring.communication_seconds(
       all_reduce_bytes=ar, all_gather_bytes=0) == pytest.approx(t_ar)
   assert ring.communication_seconds(
@@ -190,7 +193,7 @@ def test_communication_seconds_per_topology():
 
 
 def test_compute_times_deterministic_per_seed_and_step():
-  kw = dict(bandwidth=BW, latency=LAT, straggler=sm.ExponentialDelay(0.05))
+  kw = dict(bandwidth=BW, latency=LAT, straggler=st.ExponentialDelay(0.05))
   a = sm.SystemModel(16, 0.1, seed=3, **kw)
   b = sm.SystemModel(16, 0.1, seed=3, **kw)
   np.testing.assert_array_equal(a.compute_times(7), a.compute_times(7))
@@ -236,7 +239,7 @@ def test_step_seconds_max_over_participants_only():
 
 def test_step_seconds_with_stragglers_is_max_of_compute_times():
   model = sm.SystemModel(8, 0.1, bandwidth=BW, latency=LAT,
-                         straggler=sm.InjectedDelay(0.3, 1.0), seed=1)
+                         straggler=st.InjectedDelay(0.3, 1.0), seed=1)
   for step in range(20):
     times = model.compute_times(step)
     mask = np.arange(8) % 2 == 0
@@ -247,7 +250,7 @@ def test_step_seconds_with_stragglers_is_max_of_compute_times():
 def test_describe_is_json_serialisable():
   model = sm.SystemModel(
       4, 0.1, bandwidth=BW, latency=LAT, imbalance=(1, 1, 1, 2),
-      straggler=sm.make_straggler("lognormal", mean=0.02, sigma=0.5),
+      straggler=st.make_straggler("lognormal", mean=0.02, sigma=0.5),
       topology="parameter_server", num_servers=2, seed=5)
   desc = json.loads(json.dumps(model.describe()))
   assert desc["num_workers"] == 4
@@ -256,6 +259,34 @@ def test_describe_is_json_serialisable():
   assert desc["straggler"]["name"] == "lognormal"
   assert desc["straggler"]["mean"] == pytest.approx(0.02)
   assert desc["straggler"]["sigma"] == pytest.approx(0.5)
+  assert desc["network"] == {"name": "parameter_server", "num_workers": 4,
+                             "bandwidth": BW, "latency": LAT,
+                             "num_servers": 2}
+
+
+def test_topology_object_and_mismatched_workers():
+  ring = topo.RingTopology(4, bandwidth=BW, latency=LAT)
+  by_object = sm.SystemModel(4, 0.1, topology=ring)
+  by_name = sm.SystemModel(4, 0.1, bandwidth=BW, latency=LAT)
+  assert by_object.communication_seconds(all_reduce_bytes=4000) == (
+      by_name.communication_seconds(all_reduce_bytes=4000))
+  with pytest.raises(ValueError, match="num_workers=8.*num_workers=4"):
+    sm.SystemModel(8, 0.1, topology=ring)
+
+
+def test_step_seconds_from_rounds():
+  model = sm.SystemModel(4, 1.0, bandwidth=BW, latency=LAT,
+                         imbalance=(1.0, 3.0, 1.0, 1.0))
+  rounds = [clock.Round("reduce_scatter", 4000),
+            clock.Round("all_gather", 1000)]
+  got = model.step_seconds(0, rounds=rounds)
+  comm = (topo.ring_reduce_scatter_seconds(4000, 4, bandwidth=BW,
+                                           latency=LAT)
+          + topo.ring_all_gather_seconds(1000, 4, bandwidth=BW, latency=LAT))
+  assert got.compute == 3.0
+  assert got.communication == pytest.approx(comm, rel=1e-9)
+  with pytest.raises(ValueError, match="either rounds or byte counts"):
+    model.step_seconds(0, rounds=rounds, all_reduce_bytes=8)
 
 
 # --------------------------------------------------------------------------
@@ -275,14 +306,14 @@ def _assert_mean(samples, expected_mean, expected_std):
 
 def test_exponential_delay_mean():
   mean = 0.25
-  d = sm.ExponentialDelay(mean).sample(np.random.default_rng(0), _NUM_SAMPLES)
+  d = st.ExponentialDelay(mean).sample(np.random.default_rng(0), _NUM_SAMPLES)
   assert d.shape == (_NUM_SAMPLES,) and np.all(d >= 0)
   _assert_mean(d, mean, mean)  # std of Exp equals its mean
 
 
 def test_lognormal_delay_mean_and_sigma():
   mean, sigma = 0.3, 0.8
-  dist = sm.LogNormalDelay(mean, sigma)
+  dist = st.LogNormalDelay(mean, sigma)
   d = dist.sample(np.random.default_rng(1), _NUM_SAMPLES)
   assert np.all(d > 0)
   std = mean * math.sqrt(math.exp(sigma**2) - 1)
@@ -295,7 +326,7 @@ def test_lognormal_delay_mean_and_sigma():
 
 def test_pareto_delay_mean_and_tail():
   scale, shape = 0.2, 3.5
-  dist = sm.ParetoDelay(scale, shape)
+  dist = st.ParetoDelay(scale, shape)
   assert dist.mean == pytest.approx(scale / (shape - 1))
   d = dist.sample(np.random.default_rng(2), _NUM_SAMPLES)
   assert np.all(d >= 0)
@@ -308,7 +339,7 @@ def test_pareto_delay_mean_and_tail():
 @pytest.mark.parametrize("p", [0.05, 0.3, 0.9])
 def test_injected_delay_fraction(p):
   delay = 0.7
-  dist = sm.InjectedDelay(p, delay)
+  dist = st.InjectedDelay(p, delay)
   assert dist.mean == pytest.approx(p * delay)
   d = dist.sample(np.random.default_rng(3), _NUM_SAMPLES)
   assert set(np.unique(d)) <= {0.0, delay}
@@ -318,30 +349,31 @@ def test_injected_delay_fraction(p):
 
 def test_injected_delay_extremes_and_no_stragglers():
   rng = np.random.default_rng(0)
-  assert np.all(sm.InjectedDelay(0.0, 1.0).sample(rng, 100) == 0)
-  assert np.all(sm.InjectedDelay(1.0, 1.0).sample(rng, 100) == 1.0)
-  np.testing.assert_array_equal(sm.NoStragglers().sample(rng, 5), np.zeros(5))
-  assert sm.NoStragglers().mean == 0
-  assert np.all(sm.ExponentialDelay(0.0).sample(rng, 5) == 0)
-  assert np.all(sm.LogNormalDelay(0.0, 1.0).sample(rng, 5) == 0)
+  assert np.all(st.InjectedDelay(0.0, 1.0).sample(rng, 100) == 0)
+  assert np.all(st.InjectedDelay(1.0, 1.0).sample(rng, 100) == 1.0)
+  np.testing.assert_array_equal(st.NoStragglers().sample(rng, 5), np.zeros(5))
+  assert st.NoStragglers().mean == 0
+  assert np.all(st.ExponentialDelay(0.0).sample(rng, 5) == 0)
+  assert np.all(st.LogNormalDelay(0.0, 1.0).sample(rng, 5) == 0)
 
 
 def test_straggler_mean_property_agrees_with_samples():
   rng = np.random.default_rng(4)
-  for dist in (sm.ExponentialDelay(0.1), sm.LogNormalDelay(0.1, 0.5),
-               sm.InjectedDelay(0.2, 0.5), sm.ParetoDelay(0.3, 4.0)):
+  for dist in (st.ExponentialDelay(0.1), st.LogNormalDelay(0.1, 0.5),
+               st.InjectedDelay(0.2, 0.5), st.ParetoDelay(0.3, 4.0)):
     assert dist.sample(rng, 200_000).mean() == pytest.approx(
         dist.mean, rel=0.03), dist
 
 
 def test_registry():
-  assert set(sm.STRAGGLERS) == {
+  assert set(st.STRAGGLERS) == {
       "none", "exponential", "lognormal", "injected", "pareto"}
-  assert sm.make_straggler("exponential", mean=0.1) == sm.ExponentialDelay(0.1)
-  assert sm.make_straggler("none") == sm.NoStragglers()
+  assert st.make_straggler("exponential", mean=0.1) == st.ExponentialDelay(0.1)
+  assert st.make_straggler("none") == st.NoStragglers()
   with pytest.raises(ValueError, match="gamma.*exponential"):
-    sm.make_straggler("gamma", mean=1.0)
-  assert set(sm.TOPOLOGIES) == {"ring", "parameter_server"}
+    st.make_straggler("gamma", mean=1.0)
+  assert set(topo.TOPOLOGIES) == {
+      "ring", "tree", "parameter_server", "hierarchical"}
 
 
 # --------------------------------------------------------------------------
@@ -349,8 +381,8 @@ def test_registry():
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fn", [sm.ring_all_reduce_seconds,
-                                sm.ring_all_gather_seconds])
+@pytest.mark.parametrize("fn", [topo.ring_all_reduce_seconds,
+                                topo.ring_all_gather_seconds])
 def test_ring_formulas_validate(fn):
   with pytest.raises(ValueError, match="num_workers.*0"):
     fn(10, 0, bandwidth=BW, latency=LAT)
@@ -370,14 +402,14 @@ def test_ring_formulas_validate(fn):
 
 def test_parameter_server_validates():
   with pytest.raises(ValueError, match="push_bytes.*-3"):
-    sm.parameter_server_seconds(-3, 1, 2, bandwidth=BW, latency=LAT)
+    topo.parameter_server_seconds(-3, 1, 2, bandwidth=BW, latency=LAT)
   with pytest.raises(ValueError, match="pull_bytes.*-4"):
-    sm.parameter_server_seconds(1, -4, 2, bandwidth=BW, latency=LAT)
+    topo.parameter_server_seconds(1, -4, 2, bandwidth=BW, latency=LAT)
   with pytest.raises(ValueError, match="num_servers.*0"):
-    sm.parameter_server_seconds(1, 1, 2, bandwidth=BW, latency=LAT,
+    topo.parameter_server_seconds(1, 1, 2, bandwidth=BW, latency=LAT,
                                 num_servers=0)
   with pytest.raises(ValueError, match="num_workers.*0"):
-    sm.parameter_server_seconds(1, 1, 0, bandwidth=BW, latency=LAT)
+    topo.parameter_server_seconds(1, 1, 0, bandwidth=BW, latency=LAT)
 
 
 @pytest.mark.parametrize("kwargs,pattern", [
@@ -390,7 +422,13 @@ def test_parameter_server_validates():
     (dict(imbalance=(1.0, 0.0, 1.0, 1.0)), "imbalance.*0.0"),
     (dict(straggler="exponential"), "straggler.*exponential"),
     (dict(topology="torus"), "torus.*parameter_server.*ring"),
-    (dict(num_servers=0), "num_servers.*0"),
+    (dict(topology="parameter_server", num_servers=0), "num_servers.*0"),
+    (dict(num_servers=2), r"'ring'.*\['bandwidth', 'latency'\].*num_servers"),
+    (dict(bandwidth=None), "bandwidth and latency.*None"),
+    (dict(topology=topo.RingTopology(4, bandwidth=BW, latency=LAT)),
+     "Topology object.*bandwidth"),
+    (dict(topology=3), "topology.*3"),
+    (dict(drop_probability=1.5), "drop_probability.*1.5"),
     (dict(seed=-1), "seed.*-1"),
 ])
 def test_system_model_validates(kwargs, pattern):
@@ -401,12 +439,12 @@ def test_system_model_validates(kwargs, pattern):
 
 
 @pytest.mark.parametrize("make,pattern", [
-    (lambda: sm.ExponentialDelay(-1.0), "mean.*-1"),
-    (lambda: sm.LogNormalDelay(0.1, -0.5), "sigma.*-0.5"),
-    (lambda: sm.InjectedDelay(1.5, 1.0), "probability.*1.5"),
-    (lambda: sm.InjectedDelay(0.5, -2.0), "delay.*-2"),
-    (lambda: sm.ParetoDelay(1.0, 1.0), "shape.*1.0"),
-    (lambda: sm.ParetoDelay(-1.0, 3.0), "scale.*-1"),
+    (lambda: st.ExponentialDelay(-1.0), "mean.*-1"),
+    (lambda: st.LogNormalDelay(0.1, -0.5), "sigma.*-0.5"),
+    (lambda: st.InjectedDelay(1.5, 1.0), "probability.*1.5"),
+    (lambda: st.InjectedDelay(0.5, -2.0), "delay.*-2"),
+    (lambda: st.ParetoDelay(1.0, 1.0), "shape.*1.0"),
+    (lambda: st.ParetoDelay(-1.0, 3.0), "scale.*-1"),
 ])
 def test_straggler_validation(make, pattern):
   with pytest.raises(ValueError, match=pattern):
@@ -428,7 +466,7 @@ def test_step_and_mask_validation():
   with pytest.raises(ValueError, match="all_gather_bytes.*-8"):
     model.step_seconds(0, all_gather_bytes=-8)
   with pytest.raises(ValueError, match="num_workers.*0"):
-    sm.NoStragglers().sample(np.random.default_rng(0), 0)
+    st.NoStragglers().sample(np.random.default_rng(0), 0)
 
 
 def test_bad_straggler_output_is_rejected():
