@@ -3,6 +3,10 @@
 from distoptax.distributed.aggregate import aggregate
 from distoptax.distributed.aggregate import AggregateState
 from distoptax.distributed.aggregate import find_selected
+from distoptax.distributed.clock import Clock
+from distoptax.distributed.clock import ClockState
+from distoptax.distributed.clock import Event
+from distoptax.distributed.clock import Round
 from distoptax.distributed.collectives import all_gather
 from distoptax.distributed.collectives import local_axis_name
 from distoptax.distributed.collectives import num_workers
@@ -24,6 +28,13 @@ from distoptax.distributed.runtime import simulate
 from distoptax.distributed.runtime import TrainState
 from distoptax.distributed.runtime import worker_slice
 from distoptax.distributed.runtime import WorkerStep
+from distoptax.distributed.schedules import async_schedule
+from distoptax.distributed.schedules import AsyncSchedule
+from distoptax.distributed.schedules import deadline_schedule
+from distoptax.distributed.schedules import DeadlineSchedule
+from distoptax.distributed.schedules import drop_schedule
+from distoptax.distributed.stragglers import ComputeModel
+from distoptax.distributed.stragglers import Straggler
 from distoptax.distributed.system_model import ExponentialDelay
 from distoptax.distributed.system_model import InjectedDelay
 from distoptax.distributed.system_model import LogNormalDelay
@@ -37,31 +48,56 @@ from distoptax.distributed.system_model import StepTime
 from distoptax.distributed.system_model import STRAGGLERS
 from distoptax.distributed.system_model import SystemModel
 from distoptax.distributed.system_model import TOPOLOGIES
+from distoptax.distributed.topologies import COLLECTIVES
+from distoptax.distributed.topologies import HierarchicalTopology
+from distoptax.distributed.topologies import make_topology
+from distoptax.distributed.topologies import ParameterServerTopology
+from distoptax.distributed.topologies import RingTopology
+from distoptax.distributed.topologies import Topology
+from distoptax.distributed.topologies import TreeTopology
 
 __all__ = [
     "AggregateState",
+    "AsyncSchedule",
+    "COLLECTIVES",
+    "Clock",
+    "ClockState",
     "CommStats",
+    "ComputeModel",
+    "DeadlineSchedule",
+    "Event",
     "ExponentialDelay",
+    "HierarchicalTopology",
     "InjectedDelay",
     "LogNormalDelay",
     "NoStragglers",
+    "ParameterServerTopology",
     "ParetoDelay",
     "PowerSGDState",
+    "RingTopology",
+    "Round",
     "Runtime",
     "STRAGGLERS",
     "StepTime",
+    "Straggler",
     "SystemModel",
     "TOPOLOGIES",
+    "Topology",
     "TrainState",
+    "TreeTopology",
     "WORKERS",
     "WorkerStep",
     "aggregate",
     "all_gather",
+    "async_schedule",
     "data_parallel",
+    "deadline_schedule",
+    "drop_schedule",
     "find_comm_stats",
     "find_selected",
     "local_axis_name",
     "make_straggler",
+    "make_topology",
     "num_workers",
     "on_mesh",
     "powersgd",
