@@ -14,7 +14,7 @@ Model and conventions:
   * **Compute.** A local step of worker ``i`` adds ``c_{ik}``, where ``k`` is
     the worker's own count of local steps so far (``steps[i]``) and
     ``c_{ik}`` is drawn from ``(seed, k, i)`` alone (see
-    :meth:`ComputeModel.times <distoptax.distributed.stragglers.ComputeModel.times>`).
+    ``ComputeModel.times`` in :mod:`~distoptax.distributed.stragglers`).
     So ``H`` local steps from a common start cost
     ``max_i Σ_k c_{ik}``, not ``H · max_i c_{ik}``.
   * **Rounds.** A :class:`Round` is one collective: its kind, the bytes each

@@ -173,7 +173,8 @@ def async_schedule(
 ) -> tuple[clock_lib.ClockState, AsyncSchedule]:
   """The next ``num_events`` arrivals of an asynchronous run, in order.
 
-  See :meth:`Clock.complete_next <distoptax.distributed.clock.Clock.complete_next>`.
+  Each arrival is one ``Clock.complete_next`` (see
+  :mod:`~distoptax.distributed.clock`).
 
   Args:
     clock: the system model.

@@ -22,16 +22,21 @@ time). Conventions:
     from it.
   * Zero bytes still pay the latency terms: a round that runs is a round.
 
-Formulas, with ``L = ⌈log2 k⌉``:
+Ring (Patarasuk & Yuan; Thakur et al.):
 
-==============  ===============================  ==================================================
-kind            ring (Patarasuk & Yuan; Thakur)  binomial tree (Thakur et al.)
-==============  ===============================  ==================================================
-all_reduce      ``2(k-1)α + 2(k-1)/k · B/β``     ``2L(α + B/β)`` (reduce, then broadcast)
-all_gather      ``(k-1)α + (k-1) · B/β``         ``Lα + (k-1)B/β + L(α + kB/β)`` (gather, broadcast)
-reduce_scatter  ``(k-1)α + (k-1)/k · B/β``       ``L(α + B/β) + Lα + (k-1)/k · B/β`` (reduce, scatter)
-broadcast       ``2(k-1)α + 2(k-1)/k · B/β``     ``L(α + B/β)``
-==============  ===============================  ==================================================
+  * ``all_reduce``: ``2(k-1)α + 2(k-1)/k · B/β``;
+  * ``all_gather``: ``(k-1)α + (k-1) · B/β``;
+  * ``reduce_scatter``: ``(k-1)α + (k-1)/k · B/β``;
+  * ``broadcast``: ``2(k-1)α + 2(k-1)/k · B/β``.
+
+Binomial tree (Thakur et al.), with ``L = ⌈log2 k⌉``:
+
+  * ``all_reduce``: reduce, then broadcast: ``2L(α + B/β)``;
+  * ``all_gather``: gather, then broadcast of ``k·B``:
+    ``Lα + (k-1)B/β + L(α + kB/β)``;
+  * ``reduce_scatter``: reduce, then scatter:
+    ``L(α + B/β) + Lα + (k-1)/k · B/β``;
+  * ``broadcast``: ``L(α + B/β)``.
 
 The ring broadcast is a ring scatter followed by a ring all-gather (the
 long-message broadcast of van de Geijn, as in Thakur et al., with the scatter
