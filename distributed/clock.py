@@ -291,6 +291,16 @@ class Clock:
       TypeError: on a record that is not a :class:`Round`.
       ValueError: on an unknown kind or tier, non-integer or negative bytes,
         or a participants mask of the wrong length or with no worker.
+
+    Example:
+      >>> from distoptax.distributed import stragglers, topologies
+      >>> clock = Clock(stragglers.ComputeModel(4, 0.0),
+      ...               topologies.RingTopology(4, bandwidth=1e9, latency=0.5))
+      >>> state = clock.restore({**clock.init()._asdict(),
+      ...                        "time": [0.0, 3.0, 1.0, 9.0]})
+      >>> who = np.array([True, False, True, False])
+      >>> clock.communicate(state, [Round("broadcast", 0, who)]).time
+      array([2., 3., 2., 9.])
     """
     state = self.restore(state)
     time = state.time

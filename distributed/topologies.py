@@ -601,6 +601,16 @@ class Topology(abc.ABC):
     Raises:
       ValueError: on an unknown kind or tier, negative or NaN bytes, or a
         bad mask.
+
+    Example:
+      >>> topo = HierarchicalTopology(
+      ...     4, workers_per_host=2, local_bandwidth=1e9, local_latency=0.0,
+      ...     host_bandwidth=1e8, host_latency=0.0)
+      >>> for members, seconds in topo.groups("all_gather", 1e6,
+      ...                                     tier="hosts"):
+      ...   print(members, seconds)
+      [ True False  True False] 0.01
+      [False  True False  True] 0.01
     """
     if kind not in COLLECTIVES:
       raise ValueError(
