@@ -7,14 +7,20 @@ from distoptax.distributed.clock import Clock
 from distoptax.distributed.clock import ClockState
 from distoptax.distributed.clock import Event
 from distoptax.distributed.clock import Round
-from distoptax.distributed.collectives import all_gather
-from distoptax.distributed.collectives import local_axis_name
-from distoptax.distributed.collectives import num_workers
-from distoptax.distributed.collectives import pmean
-from distoptax.distributed.collectives import psum
-from distoptax.distributed.collectives import worker_axes
-from distoptax.distributed.collectives import worker_index
-from distoptax.distributed.collectives import WORKERS
+from distoptax.worker_axis.collectives import all_gather
+from distoptax.worker_axis.collectives import NORMALIZERS
+from distoptax.worker_axis.collectives import local_axis_name
+from distoptax.worker_axis.collectives import num_workers
+from distoptax.worker_axis.collectives import pmean
+from distoptax.worker_axis.collectives import psum
+from distoptax.worker_axis.collectives import reduce_scatter
+from distoptax.worker_axis.collectives import worker_axes
+from distoptax.worker_axis.collectives import worker_index
+from distoptax.worker_axis.collectives import WORKERS
+from distoptax.worker_axis.replication import replicated
+from distoptax.worker_axis.replication import replicated_fields
+from distoptax.worker_axis.replication import ReplicatedState
+from distoptax.worker_axis.replication import replication_mask
 from distoptax.distributed.comm_stats import CommStats
 from distoptax.distributed.comm_stats import find_comm_stats
 from distoptax.distributed.comm_stats import total_bytes
@@ -70,9 +76,11 @@ __all__ = [
     "HierarchicalTopology",
     "InjectedDelay",
     "LogNormalDelay",
+    "NORMALIZERS",
     "NoStragglers",
     "ParameterServerTopology",
     "ParetoDelay",
+    "ReplicatedState",
     "PowerSGDState",
     "RingTopology",
     "Round",
@@ -104,6 +112,10 @@ __all__ = [
     "parameter_server_seconds",
     "pmean",
     "psum",
+    "reduce_scatter",
+    "replicated",
+    "replicated_fields",
+    "replication_mask",
     "ring_all_gather_seconds",
     "ring_all_reduce_seconds",
     "simulate",

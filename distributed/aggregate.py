@@ -9,10 +9,12 @@ import optax
 
 from distoptax.algorithms import aggregators
 from distoptax.algorithms import compressors
-from distoptax.distributed import collectives
+from distoptax.worker_axis import collectives
 from distoptax.distributed import comm_stats
+from distoptax.worker_axis import replication
 
 
+@replication.replicated_fields('rule_state', 'key')
 class AggregateState(NamedTuple):
   """State of :func:`aggregate`.
 

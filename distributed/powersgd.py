@@ -19,8 +19,9 @@ from jax import lax
 import jax.numpy as jnp
 import optax
 
-from distoptax.distributed import collectives
+from distoptax.worker_axis import collectives
 from distoptax.distributed import comm_stats
+from distoptax.worker_axis import replication
 
 ERROR_CONVENTIONS = ("aggregate", "local")
 """Values of ``powersgd(error_against=...)``."""
@@ -29,6 +30,7 @@ MATRIX_VIEWS = ("first_dim", "last_dim")
 """Values of ``powersgd(matrix_view=...)``."""
 
 
+@replication.replicated_fields('q', 'step')
 class PowerSGDState(NamedTuple):
   """State of :func:`powersgd`.
 

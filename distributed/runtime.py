@@ -1,9 +1,8 @@
 """Per-worker training step and the runtimes that map it over workers.
 
 A :class:`WorkerStep` is written for one worker; it communicates only through
-``distoptax.distributed.collectives`` on its logical worker axis. A runtime
-holds the state of all workers with a leading ``[num_workers]`` axis and runs
-the step on each:
+``distoptax.worker_axis`` collectives on its logical worker axis. A runtime
+holds the state of all workers and runs the step on each:
 
 * :func:`simulate`: ``jax.vmap`` over the worker axis on one device;
 * :func:`on_mesh`: ``jax.shard_map`` over a 1-D device mesh whose axis is the
@@ -13,27 +12,43 @@ the step on each:
 
 Both give the same numbers for the same inputs (up to the order of floating
 point additions inside an all-reduce).
+
+**State layout.** Per-worker leaves carry a leading ``[num_workers]`` axis
+(sharded over the devices by ``on_mesh``). Leaves a state declares
+replicated (``worker_axis.replicated_fields``; e.g. ``TrainState.step``, an
+aggregation rule's state, shared keys) are held **once**: without the worker
+axis under ``simulate`` (``vmap`` with ``in_axes=None``) and once per device
+under ``on_mesh`` (``PartitionSpec()``). A condition on them is the same for
+every worker, so ``lax.cond`` on it stays a conditional and a collective in
+the branch not taken does not run. If a step makes a replicated leaf depend
+on per-worker data, the runtime raises a ``ValueError`` naming the leaf when
+it traces the step (under ``on_mesh`` with several workers per device, only
+a dependence within a device is caught at trace time; ``simulate`` catches
+every one, see ``third_party_notes/runtime.md``).
 """
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from distoptax.distributed.aggregate import find_selected
-from distoptax.distributed import collectives
 from distoptax.distributed import comm_stats
+from distoptax.distributed.aggregate import find_selected
+from distoptax.worker_axis import collectives
+from distoptax.worker_axis import replication
 
 Batch = Any
 Metrics = dict[str, jax.Array]
 
 
+@replication.replicated_fields("step")
 class TrainState(NamedTuple):
   """One worker's training state.
 
   Attributes:
-    step: number of updates applied (int32 scalar).
+    step: number of updates applied (int32 scalar); replicated.
     params: the worker's copy of the model parameters.
     opt_state: the worker's optimizer state (including communication stats).
   """
@@ -66,6 +81,7 @@ def data_parallel(
     has_aux: bool = False,
     axis_name: str = collectives.WORKERS,
     extra_args: Callable[[TrainState], dict[str, Any]] | None = None,
+    gradient_at: Callable[[TrainState], optax.Params] | None = None,
 ) -> WorkerStep:
   """Builds the per-worker data-parallel train step.
 
@@ -84,6 +100,11 @@ def data_parallel(
       arguments for ``tx.update`` (e.g. Zeno's ``value_fn``, a loss oracle on
       a validation batch chosen from ``state.step``); it must give the same
       values on every worker when a rule relies on that.
+    gradient_at: ``gradient_at(state) -> params`` at which the loss and its
+      gradient are taken; ``None`` takes them at ``state.params``. For
+      methods whose gradient is evaluated at another model than the one
+      updated: a stale snapshot or a server model held in ``tx``'s state
+      (asynchronous SGD, FedAsync), a look-ahead point.
 
   Returns:
     A :class:`WorkerStep`. Its metrics are this worker's ``loss``, the bytes
@@ -111,7 +132,8 @@ def data_parallel(
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
   def update(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    value, grads = grad_fn(state.params, batch)
+    at = state.params if gradient_at is None else gradient_at(state)
+    value, grads = grad_fn(at, batch)
     loss, aux = value if has_aux else (value, {})
     more = {} if extra_args is None else extra_args(state)
     updates, opt_state = tx.update(
@@ -137,10 +159,14 @@ class Runtime(NamedTuple):
 
   Attributes:
     init: ``init(params) -> TrainState`` with a leading worker axis on every
-      leaf; ``params`` has no worker axis and is copied to every worker.
+      per-worker leaf and none on replicated leaves (see the module
+      docstring); ``params`` has no worker axis and is copied to every
+      worker.
     step: ``step(state, batch) -> (state, metrics)``, jitted; every leaf of
       ``batch`` has a leading ``[num_workers]`` axis (worker ``i`` reads
-      row ``i``) and every metric comes back per worker. ``state`` is donated.
+      row ``i``) and every metric comes back per worker. ``state`` is
+      donated: its buffers are reused for the new state, so keep only the
+      returned one (copy a leaf with ``np.asarray`` first to keep it).
     num_workers: the number of workers.
     lower: ``lower(state, batch) -> jax.stages.Lowered``, the program that
       ``step`` runs, for inspecting its collectives and costs.
@@ -159,20 +185,80 @@ def _check_num_workers(num_workers: int) -> None:
     raise ValueError(f"num_workers must be >= 1; got {num_workers}")
 
 
-def _replicated_init(step: WorkerStep, num_workers: int):
-  def init(params: optax.Params) -> TrainState:
-    stacked = jax.tree.map(
-        lambda p: jnp.broadcast_to(p, (num_workers,) + jnp.shape(p)), params)
-    # Under the worker axis, so that transforms may size per-worker state.
-    return jax.jit(jax.vmap(step.init, axis_name=step.axis_name))(stacked)
-  return init
+def _check_batch(batch: Batch, num_workers: int) -> None:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
+    shape = jnp.shape(leaf)
+    if not shape or shape[0] != num_workers:
+      raise ValueError(
+          f"every batch leaf needs a leading axis of num_workers="
+          f"{num_workers} (worker i reads row i); batch"
+          f"{jax.tree_util.keystr(path)} has shape {shape}")
+
+
+def _check_params(params: optax.Params) -> None:
+  if not jax.tree.leaves(params):
+    raise ValueError(f"params has no arrays to train; got {params!r}")
+
+
+def _replicated_paths(tree: Any) -> list[str]:
+  flat = jax.tree_util.tree_flatten_with_path(
+      replication.replication_mask(tree))[0]
+  return [jax.tree_util.keystr(path) for path, r in flat if r]
+
+
+_REPLICATION_HINT = (
+    "Replicated state (worker_axis.replicated_fields) must be computed from "
+    "values that are the same on every worker (collective results, other "
+    "replicated state, constants); keep per-worker values in fields that are "
+    "not declared replicated")
+
+
+def _broke_replication(error: Exception) -> bool:
+  text = str(error)
+  return any(s in text for s in ("got axis spec None", "out_axes is None",
+                                 "require replication", "varying"))
+
+
+def _vmap_workers(fn, args, in_axes, out_axes, what: str, **vmap_kwargs):
+  """``jax.vmap(fn)(*args)``; names the leaves that broke replication.
+
+  ``vmap`` refuses an output whose ``out_axes`` is ``None`` (a replicated
+  leaf) when it depends on the mapped inputs.
+  """
+  try:
+    return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes,
+                    **vmap_kwargs)(*args)
+  except ValueError as e:
+    if not _broke_replication(e):
+      raise
+    raise ValueError(
+        f"{what}: state declared replicated depends on per-worker data "
+        f"({e}). {_REPLICATION_HINT}") from e
+
+
+def _init_fn(step: WorkerStep, num_workers: int):
+  """``params -> state`` for all workers, and the state's worker axes."""
+  kwargs = dict(axis_name=step.axis_name, axis_size=num_workers)
+
+  def axes_of(params):
+    structure = jax.eval_shape(
+        jax.vmap(step.init, in_axes=None, **kwargs), params)
+    return replication.worker_axes_tree(structure)
+
+  def init(params):
+    return _vmap_workers(step.init, (params,), None, axes_of(params),
+                         "init", **kwargs)
+
+  return init, axes_of
 
 
 def simulate(step: WorkerStep, num_workers: int) -> Runtime:
   """Runs a per-worker step for ``num_workers`` workers on one device.
 
   The worker axis is a ``jax.vmap`` with ``axis_name=step.axis_name``;
-  collectives become array operations along it.
+  collectives become array operations along it. Replicated state is held
+  once (``in_axes=None``), so ``lax.cond`` on it skips a collective for
+  real.
 
   Args:
     step: from :func:`data_parallel` (or any :class:`WorkerStep`).
@@ -182,13 +268,29 @@ def simulate(step: WorkerStep, num_workers: int) -> Runtime:
     A :class:`Runtime`.
   """
   _check_num_workers(num_workers)
-  mapped = jax.vmap(step.update, axis_name=step.axis_name)
+  init_all, _ = _init_fn(step, num_workers)
+
+  def mapped(state, batch):
+    axes = replication.worker_axes_tree(state)
+    return _vmap_workers(step.update, (state, batch), (axes, 0), (axes, 0),
+                         "step", axis_name=step.axis_name)
+
   jitted = jax.jit(mapped, donate_argnums=0)
-  return Runtime(
-      init=_replicated_init(step, num_workers),
-      step=jitted,
-      num_workers=num_workers,
-      lower=jitted.lower)
+
+  def init(params: optax.Params) -> TrainState:
+    _check_params(params)
+    return jax.jit(init_all)(params)
+
+  def run_step(state: TrainState, batch: Batch):
+    _check_batch(batch, num_workers)
+    return jitted(state, batch)
+
+  def lower(state: TrainState, batch: Batch) -> jax.stages.Lowered:
+    _check_batch(batch, num_workers)
+    return jitted.lower(state, batch)
+
+  return Runtime(init=init, step=run_step, num_workers=num_workers,
+                 lower=lower)
 
 
 def on_mesh(step: WorkerStep, mesh: jax.sharding.Mesh,
@@ -198,8 +300,14 @@ def on_mesh(step: WorkerStep, mesh: jax.sharding.Mesh,
   The mesh must be 1-D with its axis named ``step.axis_name``. Each device
   holds ``k = num_workers / mesh.size`` consecutive workers (device ``d``
   holds workers ``d*k ... d*k + k - 1``) and runs them with a ``vmap`` over
-  the axis ``collectives.local_axis_name(step.axis_name)``; the collectives of
-  ``distoptax.distributed.collectives`` span both axes.
+  the axis ``worker_axis.local_axis_name(step.axis_name)``; the collectives
+  of ``distoptax.worker_axis`` span both axes. Replicated state is held once
+  per device (``PartitionSpec()``).
+
+  With one worker per device there is no inner ``vmap`` and ``shard_map``
+  checks replication itself (``check_vma=True``). With several, JAX's
+  varying-manual-axes check cannot follow collectives over the inner
+  ``vmap`` axis, so it is off (``third_party_notes/runtime.md``).
 
   Args:
     step: from :func:`data_parallel` (or any :class:`WorkerStep`).
@@ -207,8 +315,8 @@ def on_mesh(step: WorkerStep, mesh: jax.sharding.Mesh,
     num_workers: a positive multiple of ``mesh.size``.
 
   Returns:
-    A :class:`Runtime` whose state and batches are sharded over the mesh
-    along the leading worker axis.
+    A :class:`Runtime` whose per-worker state and batches are sharded over
+    the mesh along the leading worker axis.
 
   Raises:
     ValueError: if the mesh is not 1-D over ``step.axis_name`` or
@@ -231,31 +339,80 @@ def on_mesh(step: WorkerStep, mesh: jax.sharding.Mesh,
   mesh = jax.sharding.Mesh(mesh.devices, mesh.axis_names,
                            axis_types=(jax.sharding.AxisType.Auto,))
   spec = jax.sharding.PartitionSpec(axis)
-  sharding = jax.sharding.NamedSharding(mesh, spec)
-  local = jax.vmap(step.update, axis_name=collectives.local_axis_name(axis))
-  # check_vma=False: collectives over the inner vmap axis are not tracked by
-  # the varying-manual-axes type system (an internal assertion fails).
-  mapped = jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec,
-                         check_vma=False)
+  per_device = num_workers // num_devices
+
+  def local(axes, state, batch):
+    if per_device > 1:
+      return _vmap_workers(step.update, (state, batch), (axes, 0), (axes, 0),
+                           "step", axis_name=collectives.local_axis_name(axis))
+    # One worker per device: no inner vmap, so that shard_map's own check
+    # (check_vma) follows which values are replicated.
+    def squeeze(a, x):
+      return x if a is None else x[0]
+
+    def expand(a, x):
+      return x if a is None else x[None]
+
+    is_none = lambda a: a is None
+    state = jax.tree.map(squeeze, axes, state, is_leaf=is_none)
+    state, metrics = step.update(state, jax.tree.map(lambda x: x[0], batch))
+    state = jax.tree.map(expand, axes, state, is_leaf=is_none)
+    return state, jax.tree.map(lambda x: jnp.asarray(x)[None], metrics)
+
+  def mapped(state, batch):
+    axes = replication.worker_axes_tree(state)
+    specs = replication.worker_axes_tree(state, spec)
+    try:
+      return jax.shard_map(functools.partial(local, axes), mesh=mesh,
+                           in_specs=(specs, spec), out_specs=(specs, spec),
+                           check_vma=per_device == 1)(state, batch)
+    except ValueError as e:
+      if per_device > 1 or not _broke_replication(e):
+        raise
+      raise ValueError(
+          f"step: state declared replicated depends on per-worker data "
+          f"({e}). {_REPLICATION_HINT}") from e
+
   jitted = jax.jit(mapped, donate_argnums=0)
-  replicated_init = _replicated_init(step, num_workers)
+  init_all, axes_of = _init_fn(step, num_workers)
 
   def init(params: optax.Params) -> TrainState:
-    return jax.device_put(replicated_init(params), sharding)
+    _check_params(params)
+    shardings = jax.tree.map(
+        lambda a: jax.sharding.NamedSharding(
+            mesh, spec if a == 0 else jax.sharding.PartitionSpec()),
+        axes_of(params), is_leaf=lambda a: a is None)
+    return jax.jit(init_all, out_shardings=shardings)(params)
 
-  def run_step(state: TrainState, batch: Batch):
+  def place(batch: Batch) -> Batch:
     # Placing the batch (a no-op when it already lies on the mesh) is what an
     # Explicit-axes mesh requires before shard_map.
-    return jitted(state, jax.device_put(batch, sharding))
+    _check_batch(batch, num_workers)
+    return jax.device_put(batch, jax.sharding.NamedSharding(mesh, spec))
+
+  def run_step(state: TrainState, batch: Batch):
+    return jitted(state, place(batch))
 
   def lower(state: TrainState, batch: Batch) -> jax.stages.Lowered:
-    return jitted.lower(state, jax.device_put(batch, sharding))
+    return jitted.lower(state, place(batch))
 
   return Runtime(init=init, step=run_step, num_workers=num_workers,
                  lower=lower)
 
 
 def worker_slice(tree, index: int = 0):
-  """The state of one worker from a stacked tree (e.g. for evaluation)."""
-  return jax.tree.map(lambda x: x[index], tree)
+  """One worker's view of a runtime's state (e.g. for evaluation).
 
+  Per-worker leaves are indexed along their leading worker axis; leaves
+  declared replicated (held once, without that axis) are returned as they
+  are.
+
+  Args:
+    tree: a runtime's state, or any part of it (``state.params``).
+    index: the worker.
+
+  Returns:
+    The tree of worker ``index``.
+  """
+  return jax.tree.map(lambda x, r: x if r else x[index], tree,
+                      replication.replication_mask(tree))

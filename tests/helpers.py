@@ -38,10 +38,21 @@ def worker_batches(seed, num_workers, batch_size, d_in=5):
 
 
 def assert_replicated(tree):
-  """Every worker (leading axis) holds bit-identical values."""
-  for leaf in jax.tree.leaves(tree):
-    arr = np.asarray(leaf)
-    np.testing.assert_array_equal(arr, np.broadcast_to(arr[:1], arr.shape))
+  """Every worker holds bit-identical values.
+
+  Per-worker leaves (leading worker axis) agree row by row; leaves declared
+  replicated (held once, once per device on a mesh) agree on every device
+  that holds a copy.
+  """
+  mask = jax.tree.leaves(dist.replication_mask(tree))
+  for leaf, replicated in zip(jax.tree.leaves(tree), mask, strict=True):
+    if replicated:
+      copies = [np.asarray(s.data) for s in leaf.addressable_shards]
+      for copy in copies[1:]:
+        np.testing.assert_array_equal(copy, copies[0])
+    else:
+      arr = np.asarray(leaf)
+      np.testing.assert_array_equal(arr, np.broadcast_to(arr[:1], arr.shape))
 
 
 _TENSOR = re.compile(r"tensor<((?:\d+x)*)([a-z]+\d+)>")

@@ -56,7 +56,7 @@ def test_mean_aggregation_equals_minibatch_sgd(num_workers, compressor):
   for w in range(num_workers):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(
         a[w], b, rtol=2e-5, atol=1e-6), state.params, ref_params)
-  assert int(state.step[0]) == NUM_STEPS
+  assert int(state.step) == NUM_STEPS
 
 
 @pytest.mark.parametrize("num_workers", [8, 16])

@@ -4,9 +4,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import optax
+
+from distoptax.worker_axis.collectives import sum_over_workers
 
 
 class AggregateFn(Protocol):
@@ -129,25 +130,6 @@ def stateless_rule(
     return aggregate_fn(stacked_updates), state
 
   return AggregationRule(init_fn, update_fn, is_mean=is_mean)
-
-
-def sum_over_workers(x: jax.Array) -> jax.Array:
-  """Sum of ``x`` over its leading (worker) axis, computed as a mat-vec.
-
-  XLA on CPU lowers ``x.sum(0)`` over a leading axis to a slow strided loop
-  (about 30x a copy of ``x`` at ``x.shape = (8, 1e5)``); a product with a
-  vector of ones runs at memory speed. Floating inputs accumulate in at
-  least float32 at the highest precision (no TF32 or bf16 passes on
-  accelerators); other dtypes fall back to ``jnp.sum``.
-  """
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    return jnp.sum(x, axis=0, dtype=x.dtype)
-  acc = jnp.promote_types(x.dtype, jnp.float32)
-  ones = jnp.ones((x.shape[0],), x.dtype)
-  out = lax.dot_general(ones, x, (((0,), (0,)), ((), ())),
-                        precision=lax.Precision.HIGHEST,
-                        preferred_element_type=acc)
-  return out.astype(x.dtype)
 
 
 def mean_over_workers(x: jax.Array) -> jax.Array:

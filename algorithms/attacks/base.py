@@ -28,9 +28,11 @@ import numpy as np
 import optax
 
 from distoptax.algorithms.aggregators import base as aggregator_base
-from distoptax.distributed import collectives
+from distoptax.worker_axis import collectives
+from distoptax.worker_axis import replication
 
 
+@replication.replicated_fields('key')
 class AttackState(NamedTuple):
   """State of the attacks that draw random numbers.
 

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from distoptax.algorithms.attacks import base
-from distoptax.distributed import collectives
+from distoptax.worker_axis import collectives
 
 ALIE_CONVENTIONS = ("paper", "epfml")
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from distoptax.algorithms.attacks import base
-from distoptax.distributed import collectives
+from distoptax.worker_axis import collectives
 
 NON_FINITE_VALUES = {"nan": float("nan"), "inf": float("inf"),
                      "-inf": float("-inf")}
