@@ -1,49 +1,157 @@
-"""Checkpoints of a training run: every leaf of the state, written atomically."""
+"""Checkpoints of a training run, written with orbax-checkpoint.
 
-import json
+A checkpoint is ``<workdir>/checkpoints/<step>/`` holding the whole train
+state (``state/``) and a JSON record (``meta/``: the step, the simulated and
+elapsed seconds, the run's configuration). Orbax writes each one into a
+temporary directory that it renames when complete, so a run killed while
+saving leaves the previous checkpoint intact; every process of a
+multi-process run writes its own shards of the state and restores them
+again, with the sharding of the state it is given. The last two checkpoints
+are kept.
+"""
+
 import os
 from typing import Any
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
-CHECKPOINT_FILE = "checkpoint.npz"
-
-
-def save(workdir: str, state: Any, meta: dict[str, Any]) -> str:
-  """Writes ``state`` (any pytree of arrays) and JSON ``meta`` atomically."""
-  path = os.path.join(workdir, CHECKPOINT_FILE)
-  leaves = jax.device_get(jax.tree.leaves(state))
-  arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
-  os.replace(tmp, path)
-  return path
+CHECKPOINT_DIR = "checkpoints"
+LEGACY_FILE = "checkpoint.npz"
+_KEEP = 2
 
 
-def exists(workdir: str) -> bool:
-  return os.path.exists(os.path.join(workdir, CHECKPOINT_FILE))
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used: damaged, foreign, or missing."""
 
 
-def restore(workdir: str, like: Any) -> tuple[Any, dict[str, Any]]:
-  """Reads a checkpoint into the structure of ``like``.
+def _keystr(path) -> str:
+  return jax.tree_util.keystr(path)
 
-  Raises:
-    ValueError: if the stored leaves do not match ``like`` in number, shape or
-      dtype (the run was started with another configuration).
-  """
-  path = os.path.join(workdir, CHECKPOINT_FILE)
-  leaves, treedef = jax.tree.flatten(like)
-  with np.load(path) as data:
-    stored = [data[f"leaf_{i:05d}"] for i in range(len(data.files) - 1)]
-    meta = json.loads(str(data["meta"]))
-  if len(stored) != len(leaves):
-    raise ValueError(
-        f"checkpoint {path} holds {len(stored)} arrays; this run's state has "
-        f"{len(leaves)}")
-  for i, (new, old) in enumerate(zip(stored, leaves)):
-    if new.shape != old.shape or new.dtype != old.dtype:
-      raise ValueError(
-          f"checkpoint {path} array {i} is {new.dtype}{list(new.shape)}; this "
-          f"run expects {old.dtype}{list(old.shape)}")
-  return jax.tree.unflatten(treedef, stored), meta
+
+class Checkpoints:
+  """The checkpoints of one work directory (every process makes one)."""
+
+  def __init__(self, workdir: str):
+    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    legacy = os.path.join(workdir, LEGACY_FILE)
+    if os.path.exists(legacy) and not os.path.isdir(self.directory):
+      raise CheckpointError(
+          f"{legacy} is a checkpoint of an older distoptax (before orbax "
+          "checkpoints); it cannot be resumed by this version: start a new "
+          "run in another workdir")
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=_KEEP, create=True,
+            enable_async_checkpointing=False))
+
+  def steps(self) -> list[int]:
+    """Steps of the complete checkpoints, oldest first."""
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.steps()
+    return steps[-1] if steps else None
+
+  def save(self, step: int, state: Any, meta: dict[str, Any]) -> str:
+    """Writes ``state`` and JSON ``meta`` as the checkpoint of ``step``.
+
+    Every process calls it with its own (global) arrays. A step that
+    already has a checkpoint is not written again.
+    """
+    if step not in self.steps():
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          meta=ocp.args.JsonSave({**meta, "step": step})))
+      self._manager.wait_until_finished()
+    return os.path.join(self.directory, str(step))
+
+  def restore(self, like: Any) -> tuple[Any, dict[str, Any]]:
+    """Reads the latest checkpoint into the structure and sharding of ``like``.
+
+    Args:
+      like: a state of the run being resumed (e.g. ``runtime.init(params)``);
+        only its structure, shapes, dtypes and shardings are used.
+
+    Returns:
+      ``(state, meta)``.
+
+    Raises:
+      CheckpointError: there is no checkpoint, or it cannot be read, or its
+        arrays are not those of ``like`` (another run's checkpoint); the
+        message says which and what to do.
+    """
+    step = self.latest_step()
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    where = os.path.join(self.directory, str(step))
+    earlier = self.steps()[:-1]
+    remedy = (f"delete {where} to resume from step {earlier[-1]}"
+              if earlier else "start a new run in another workdir")
+    try:
+      stored = self._manager.item_metadata(step)["state"]
+      stored_tree = stored.tree
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f"checkpoint {where} is damaged (its metadata cannot be read: "
+          f"{type(e).__name__}); {remedy}") from e
+    if stored_tree is None:
+      raise CheckpointError(
+          f"checkpoint {where} is damaged (it holds no state); {remedy}")
+    _check_matches(stored_tree, like, where)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
+                                       sharding=getattr(x, "sharding", None)),
+        like)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract),
+          meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      first_line = (str(e).strip().splitlines() or [""])[0][:200]
+      raise CheckpointError(
+          f"checkpoint {where} is damaged ({type(e).__name__}: "
+          f"{first_line}); {remedy}") from e
+    if not isinstance(restored.meta, dict) or restored.meta.get(
+        "step") != step:
+      raise CheckpointError(
+          f"checkpoint {where} is damaged (its meta record does not name "
+          f"step {step}); {remedy}")
+    return restored.state, restored.meta
+
+
+def _check_matches(stored_tree: Any, like: Any, where: str) -> None:
+  """Same leaf paths, shapes and dtypes in the checkpoint as in ``like``."""
+  stored = {_keystr(p): (tuple(m.shape), np.dtype(m.dtype))
+            for p, m in jax.tree_util.tree_flatten_with_path(stored_tree)[0]}
+  expected = {
+      _keystr(p): (tuple(np.shape(x)), np.dtype(x.dtype))
+      for p, x in jax.tree_util.tree_flatten_with_path(
+          ocp.tree.serialize_tree(like, keep_empty_nodes=False))[0]}
+  missing = sorted(set(expected) - set(stored))
+  extra = sorted(set(stored) - set(expected))
+  if missing or extra:
+    raise CheckpointError(
+        f"checkpoint {where} was written by another kind of run: it lacks "
+        f"{missing[:3]} and has {extra[:3]} that this run's state has not; "
+        "resume it with its own configuration, or start a new run in "
+        "another workdir")
+  for path, (shape, dtype) in expected.items():
+    if stored[path] != (shape, dtype):
+      raise CheckpointError(
+          f"checkpoint {where} was written by another kind of run: "
+          f"{path} is {stored[path][1]}{list(stored[path][0])} there and "
+          f"{dtype}{list(shape)} here; resume it with its own configuration, "
+          "or start a new run in another workdir")
+
+
+def latest_step(workdir: str) -> int | None:
+  """The step of the latest complete checkpoint in ``workdir``, or None."""
+  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+    return None
+  return Checkpoints(workdir).latest_step()

