@@ -1,10 +1,14 @@
 """Theory checks: each stated convergence claim as a measurable, fitted test.
 
-Every check module exposes ``run(*, quick=False, seeds=None) ->
-CheckResult`` and a ``main()`` (``python -m
-distoptax.theory_checks.<name> [--quick] [--outdir DIR] [--seeds N]``).
-:data:`CHECKS` maps each registered check's name to its ``run`` for
-``python -m distoptax.theory_checks.run_all``.
+Every check module exposes ``run(*, quick=False, seeds=None, progress=True)
+-> CheckResult`` and a ``main()`` (``python -m
+distoptax.theory_checks.<name> [--quick] [--outdir DIR] [--seeds N]``), and
+declares in ``QUICK_ASSESSED`` which of its sub-claims (``SUB_CLAIM_KEYS``)
+the quick budget assesses. A result prints as its report (claim, source,
+value with its CI, tolerance, verdict, tables) and ``result.plot()`` returns
+its figure. :data:`CHECKS` maps each registered check's name to its ``run``
+for ``python -m distoptax.theory_checks.run_all``. The notebooks in
+``theory_checks/notebooks/`` run the quick checks family by family.
 
 The check modules are imported when ``CHECKS`` is first read, not with the
 package, so that ``python -m`` on a check module does not import it twice.
@@ -21,9 +25,11 @@ from distoptax.theory_checks.fit import semilog_rate
 from distoptax.theory_checks.fit import SlopeFit
 from distoptax.theory_checks.harness import CheckResult
 from distoptax.theory_checks.harness import Claim
+from distoptax.theory_checks.harness import Progress
 from distoptax.theory_checks.harness import report
 from distoptax.theory_checks.harness import run_check_main
 from distoptax.theory_checks.harness import slope_result
+from distoptax.theory_checks.harness import SubClaim
 from distoptax.theory_checks.harness import write_result
 
 _CHECK_MODULES = (
@@ -49,7 +55,9 @@ __all__ = [
     "CHECKS",
     "CheckResult",
     "Claim",
+    "Progress",
     "SlopeFit",
+    "SubClaim",
     "fit",
     "harness",
     "loglog_slope",

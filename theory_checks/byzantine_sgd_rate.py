@@ -195,6 +195,16 @@ removal step 2 T_B / beta must stay well below T), m in {1, 4, 16} in (a),
 m = 20 in (b) and (c) (alpha from 0.05 to 0.45; 4 attackers in (c)), no
 median baseline."""
 
+SUB_CLAIM_KEYS = ("a", "b", "c")
+"""The sub-claims' keys, in order."""
+
+QUICK_ASSESSED = SUB_CLAIM_KEYS
+"""The quick budget assesses every sub-claim (module docstring)."""
+
+FULL_BUDGET = harness.full_budget(
+    NAME, f"T = {Config.num_steps:,}, {Config.num_seeds} seeds")
+"""The budget that assesses every sub-claim."""
+
 
 def make_problem(config: Config) -> dict[str, np.ndarray]:
   """The optimum x* (norm ``optimum_norm``) and the bias direction u.
@@ -283,9 +293,15 @@ def _keys(config: Config, tag: int, count: int) -> jax.Array:
                     for seed in range(config.num_seeds)])
 
 
-def sweep_workers(config: Config, problem: dict[str, np.ndarray]
+def sweep_workers(config: Config, problem: dict[str, np.ndarray],
+                  meter: harness.Progress | None = None
                   ) -> dict[str, np.ndarray]:
   """(a): alpha = 0, the filter on, for each m.
+
+  Args:
+    config: the configuration.
+    problem: from :func:`make_problem`.
+    meter: announces each m, if given.
 
   Returns:
     ``gap [num_seeds, num_m]`` (replica means), ``removed [num_m]`` (honest
@@ -294,6 +310,9 @@ def sweep_workers(config: Config, problem: dict[str, np.ndarray]
   """
   gaps, removed, no_majority, travel = [], [], [], 0.0
   for m in config.num_workers:
+    if meter is not None:
+      meter.point(f"(a) m = {m} workers, alpha = 0: {config.num_seeds} seeds "
+                  f"x {config.replicas} replicas x {config.num_steps} steps")
     rule = _filter_rule(config, m)
     bias = jnp.zeros((m, config.dim), jnp.float32)
     run = jax.jit(jax.vmap(jax.vmap(
@@ -314,14 +333,19 @@ def bias_size(config: Config) -> float:
   return config.bias_fraction * config.filter_scale * t_b / config.num_steps
 
 
-def sweep_alpha(config: Config, problem: dict[str, np.ndarray]
-                ) -> dict[str, Any]:
+def sweep_alpha(config: Config, problem: dict[str, np.ndarray],
+                meter: harness.Progress | None = None) -> dict[str, Any]:
   """(b), and the filter's run of (c): m fixed, one program, shared noise.
 
   The rows of the vmap are alpha = 0, then ``f = alpha m`` workers adding
   ``delta u`` for each swept f (b), then ``contrast_byzantine`` workers
   adding ``beta u`` (c). Every row uses the same noise (common random
   numbers).
+
+  Args:
+    config: the configuration.
+    problem: from :func:`make_problem`.
+    meter: announces the sweep (one program), if given.
 
   Returns:
     ``gap0 [num_seeds]`` (alpha = 0), ``excess [num_seeds, num_alpha]``
@@ -332,6 +356,10 @@ def sweep_alpha(config: Config, problem: dict[str, np.ndarray]
     ``contrast_honest_removed``.
   """
   m = config.alpha_workers
+  if meter is not None:
+    meter.point(f"(b) and (c) at m = {m}: {len(config.num_byzantine)} alphas "
+                f"+ alpha = 0 + the (c) attack in one program, "
+                f"{config.num_seeds} seeds x {config.num_steps} steps")
   delta = bias_size(config)
   beta = config.contrast_bias * config.variance_bound
   counts = (0,) + tuple(config.num_byzantine) + (config.contrast_byzantine,)
@@ -366,13 +394,15 @@ def _contrast_keys(config: Config) -> jax.Array:
 
 
 def contrast(config: Config, problem: dict[str, np.ndarray],
-             alpha: dict[str, Any]) -> dict[str, Any]:
+             alpha: dict[str, Any], meter: harness.Progress | None = None
+             ) -> dict[str, Any]:
   """(c): beta = contrast_bias * V from f workers; the filter and baselines.
 
   Args:
     config: the configuration.
     problem: from :func:`make_problem`.
     alpha: from :func:`sweep_alpha` (the filter's run of (c)).
+    meter: announces each baseline rule, if given.
 
   Returns:
     Per-seed gaps of the filter and of each rule in ``contrast_baselines``
@@ -387,6 +417,9 @@ def contrast(config: Config, problem: dict[str, np.ndarray],
          "honest_removed": alpha["contrast_honest_removed"]}
   baselines = {"mean": aggregators.mean, "median": aggregators.median}
   for name in config.contrast_baselines:
+    if meter is not None:
+      meter.point(f"(c) baseline {name} at m = {m}, f = {f}: "
+                  f"{config.num_seeds} seeds x {config.num_steps} steps")
     rule = baselines[name]()
     run = jax.jit(jax.vmap(
         lambda k, rule=rule: _run(rule, config, m, problem["x_star"], k,
@@ -424,25 +457,33 @@ def _judge(config: Config, ms, gap_m, alphas, excess, contrast_gaps,
 
 
 def run(*, quick: bool = False, seeds: int | None = None,
-        **overrides) -> harness.CheckResult:
+        progress: bool = True, **overrides) -> harness.CheckResult:
   """Runs (a), (b) and (c) and counts the sub-claims that hold.
 
   Args:
-    quick: use :data:`QUICK` instead of ``Config()``.
+    quick: use :data:`QUICK` instead of ``Config()``; only the sub-claims
+      in :data:`QUICK_ASSESSED` are then assessed.
     seeds: number of seeds, overriding the configuration's.
+    progress: print a line per sweep point to stderr.
     **overrides: further :class:`Config` fields (e.g. ``filter_scale=1.0``).
 
   Returns:
     The :class:`harness.CheckResult`; ``measured`` is the number of
-    sub-claims that hold, ``extras["sub_claims"]`` has each one's figures.
+    assessed sub-claims that hold, ``sub_claims`` has each one's figures.
   """
   config = harness.resolve_config(Config(), QUICK, quick=quick, seeds=seeds,
                                   overrides=overrides)
+  assessed = harness.quick_assessment(SUB_CLAIM_KEYS, QUICK_ASSESSED,
+                                      quick=quick)
   start = time.perf_counter()
+  meter = harness.Progress(
+      NAME, len(config.num_workers) + 1 + len(config.contrast_baselines),
+      enabled=progress)
   problem = make_problem(config)
-  workers = sweep_workers(config, problem)
-  alpha = sweep_alpha(config, problem)
-  versus = contrast(config, problem, alpha)
+  workers = sweep_workers(config, problem, meter)
+  alpha = sweep_alpha(config, problem, meter)
+  versus = contrast(config, problem, alpha, meter)
+  meter.done()
   elapsed = time.perf_counter() - start
 
   ms = np.array(config.num_workers, np.float64)
@@ -461,8 +502,9 @@ def run(*, quick: bool = False, seeds: int | None = None,
 
   # Bootstrap over seeds: the count's 95% range.
   ci = harness.bootstrap_count_ci(
-      lambda rows: sum(_judge(config, ms, gap_m[rows], alphas, excess[rows],
-                              {r: versus[r][rows] for r in rules}, facts)),
+      lambda rows: harness.count_assessed(
+          _judge(config, ms, gap_m[rows], alphas, excess[rows],
+                 {r: versus[r][rows] for r in rules}, facts), assessed),
       config.num_seeds)
 
   fit_m = fit_lib.loglog_slope(ms, gap_m, window=(ms.min(), ms.max()))
@@ -473,34 +515,37 @@ def run(*, quick: bool = False, seeds: int | None = None,
   predicted_m = config.variance_bound ** 2 / (2 * config.num_steps * ms)
   predicted_excess = 0.5 * alphas ** 2 * alpha["delta"] ** 2
   ratio = versus["byzantine_sgd"].mean() / versus["mean"].mean()
-  sub_claims = [
-      {"name": "(a) gap vs m at alpha = 0",
-       "measured": "log-log slope of the final gap against m",
-       "value": fit_m.slope, "ci": (fit_m.ci_low, fit_m.ci_high),
-       "expected": -1.0, "tolerance": config.slope_m_tolerance,
-       "also_required": "no honest worker removed, no_majority == 0",
-       "also_holds": facts["a"], "passed": passed[0]},
-      {"name": "(b) excess gap vs alpha at fixed m",
-       "measured": "log-log slope of gap(alpha) - gap(0) against alpha",
-       "value": fit_a.slope, "ci": (fit_a.ci_low, fit_a.ci_high),
-       "expected": 2.0, "tolerance": config.slope_alpha_tolerance,
-       "also_required": "every Byzantine worker kept, no honest removed",
-       "also_holds": facts["b"], "passed": passed[1]},
-      {"name": "(c) filter vs mean under a per-step-invisible bias",
-       "measured": "gap(byzantine_sgd) / gap(mean), seed means",
-       "value": ratio, "ci": None,
-       "expected": f"<= {config.contrast_ratio}",
-       "tolerance": None,
-       "also_required": "every Byzantine worker removed, no honest one",
-       "also_holds": facts["c"], "passed": passed[2]},
+  specs = [
+      ("(a) gap vs m at alpha = 0",
+       "log-log slope of the final gap against m", fit_m.slope,
+       (fit_m.ci_low, fit_m.ci_high), -1.0, config.slope_m_tolerance,
+       "no honest worker removed, no_majority == 0"),
+      ("(b) excess gap vs alpha at fixed m",
+       "log-log slope of gap(alpha) - gap(0) against alpha", fit_a.slope,
+       (fit_a.ci_low, fit_a.ci_high), 2.0, config.slope_alpha_tolerance,
+       "every Byzantine worker kept, no honest removed"),
+      ("(c) filter vs mean under a per-step-invisible bias",
+       "gap(byzantine_sgd) / gap(mean), seed means", ratio, None,
+       f"<= {config.contrast_ratio}", None,
+       "every Byzantine worker removed, no honest one"),
   ]
+  sub_claims = tuple(
+      harness.SubClaim(
+          key=key, name=name, holds=bool(p), assessed=a,
+          assessed_by="" if a else FULL_BUDGET,
+          value=float(value), ci=ci_, expected=expected, tolerance=tol,
+          measured=what,
+          note=f"{required}: {'yes' if facts[key] else 'NO'}")
+      for key, (name, what, value, ci_, expected, tol, required), p, a
+      in zip(SUB_CLAIM_KEYS, specs, passed, assessed))
   return harness.CheckResult(
-      claim=CLAIM, measured=float(sum(passed)), ci=ci, x=ms, y=gap_m,
+      claim=CLAIM, measured=harness.count_assessed(passed, assessed),
+      ci=ci, x=ms, y=gap_m,
       config=dataclasses.asdict(config) | {"quick": quick},
       elapsed_s=elapsed, x_label="workers m (alpha = 0)",
       y_label="final gap f(x_T+1) - f*",
+      sub_claims=sub_claims,
       extras={
-          "sub_claims": sub_claims,
           "thresholds": {str(m): thresholds(config, m)
                          for m in config.num_workers + (config.alpha_workers,)},
           "workers": {"m": ms, "gap_mean": gap_m.mean(axis=0),
@@ -535,18 +580,9 @@ def run(*, quick: bool = False, seeds: int | None = None,
       })
 
 
-def sub_claims_table(result: harness.CheckResult) -> str:
-  """The sub-claims as a readable block (also in ``extras``)."""
-  lines = []
-  for c in result.extras["sub_claims"]:
-    lines.append(f"{harness.sub_claim_line(c)}; {c['also_required']}: "
-                 f"{'yes' if c['also_holds'] else 'NO'}")
-  return "\n".join(lines)
-
-
 def main(argv=None):
   """``python -m distoptax.theory_checks.byzantine_sgd_rate [--quick] ...``."""
-  harness.run_check_main(run, argv, describe=sub_claims_table)
+  harness.run_check_main(run, argv)
 
 
 if __name__ == "__main__":

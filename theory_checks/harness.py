@@ -1,8 +1,12 @@
 """Common harness of the theory checks: claims, results, files, report, main.
 
 A check module defines a :class:`Claim`, runs a seeded sweep, fits the rate
-(``theory_checks.fit``) and returns a :class:`CheckResult`. The harness writes
-it as JSON + PNG, prints a PASS/FAIL block and turns it into an exit status.
+(``theory_checks.fit``) and returns a :class:`CheckResult`: its ``str`` is the
+readable report and its ``plot()`` the figure. A check that counts
+sub-claims lists them as :class:`SubClaim`; the ones a quick budget cannot
+assess (declared by the check's ``QUICK_ASSESSED``) are reported as not
+assessed, never as failures. The harness writes the result as JSON + PNG,
+prints the report and turns the verdict into an exit status (1 on FAIL).
 Flags are parsed only in :func:`run_check_main`; everything else takes typed
 arguments.
 """
@@ -12,6 +16,7 @@ import json
 import math
 import os
 import sys
+import time
 from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 from absl import flags
@@ -49,13 +54,73 @@ class Claim:
     return bool(abs(value - self.expected) <= self.tolerance)
 
 
+PASS = "PASS"
+"""Verdict: the claim (every sub-claim) holds within tolerance."""
+FAIL = "FAIL"
+"""Verdict: the claim or an assessed sub-claim does not hold."""
+PARTIAL = "PARTIAL"
+"""Verdict: every assessed sub-claim holds, some are not assessed."""
+NOT_ASSESSED = "NOT ASSESSED"
+"""Verdict of a sub-claim (or a check) that this budget cannot assess."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SubClaim:
+  """One sub-claim of a check and its outcome.
+
+  A sub-claim that the run's budget cannot assess (``assessed=False``, e.g.
+  a claim about a trained model in a 40-step quick run) is reported with its
+  measured figures but never counts as a failure; ``assessed_by`` says which
+  budget assesses it.
+
+  Attributes:
+    key: short identifier ("a", "1"), the one a check's ``QUICK_ASSESSED``
+      lists.
+    name: the sub-claim in words (begins with its key).
+    holds: whether the measured figures satisfy it.
+    assessed: whether the run's budget assesses it.
+    assessed_by: for a sub-claim not assessed, the budget that assesses it.
+    value: the measured figure, or ``None``.
+    ci: 95% interval of ``value``, or ``None``.
+    expected: the predicted value, or a text such as ``"<= 0.2"``.
+    tolerance: accepted deviation from a numeric ``expected``; ``None``
+      when ``expected`` is a text.
+    measured: what ``value`` is, when the name does not say it.
+    note: further facts printed after the line.
+  """
+
+  key: str
+  name: str
+  holds: bool
+  assessed: bool = True
+  assessed_by: str = ""
+  value: float | None = None
+  ci: tuple[float, float] | None = None
+  expected: float | str | None = None
+  tolerance: float | None = None
+  measured: str = ""
+  note: str = ""
+
+  @property
+  def verdict(self) -> str:
+    """``PASS``, ``FAIL`` or, when not assessed, ``NOT ASSESSED``."""
+    if not self.assessed:
+      return NOT_ASSESSED
+    return PASS if self.holds else FAIL
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckResult:
   """The outcome of one check.
 
+  ``str(result)`` (also what a notebook shows) is the readable report and
+  :meth:`plot` draws the figure; ``x``, ``y`` and ``extras`` hold the data
+  behind it.
+
   Attributes:
     claim: the claim tested.
-    measured: the measured value (e.g. the fitted slope).
+    measured: the measured value (e.g. the fitted slope, or the number of
+      assessed sub-claims that hold).
     ci: 95% confidence interval ``(low, high)`` of ``measured``.
     x: the swept values, shape ``[num_x]``.
     y: per-seed measurements, shape ``[num_seeds, num_x]``.
@@ -65,6 +130,11 @@ class CheckResult:
     x_label: axis label of ``x``.
     y_label: axis label of ``y``.
     extras: further check-specific numbers saved to the JSON.
+    sub_claims: the sub-claims, for a check that counts them; the verdict
+      then follows them.
+    details: check-specific tables, printed in the report.
+    plot_fn: ``plot_fn(result) -> Figure`` draws the check's figure;
+      ``None`` draws :func:`loglog_figure`.
   """
 
   claim: Claim
@@ -78,16 +148,60 @@ class CheckResult:
   x_label: str = "x"
   y_label: str = "y"
   extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  sub_claims: tuple[SubClaim, ...] = ()
+  details: str = ""
+  plot_fn: Callable[["CheckResult"], Any] | None = dataclasses.field(
+      default=None, compare=False, repr=False)
+
+  @property
+  def not_assessed(self) -> tuple[SubClaim, ...]:
+    """The sub-claims this run's budget does not assess."""
+    return tuple(c for c in self.sub_claims if not c.assessed)
+
+  @property
+  def verdict(self) -> str:
+    """``PASS``, ``FAIL``, ``PARTIAL`` or ``NOT ASSESSED``.
+
+    Without sub-claims: ``PASS`` iff the point estimate is within tolerance
+    of the claim. With sub-claims: ``FAIL`` if an assessed one fails;
+    otherwise ``PARTIAL`` if some are not assessed (``NOT ASSESSED`` if
+    none is), else ``PASS`` iff ``measured`` meets the claim.
+    """
+    if self.sub_claims:
+      assessed = [c for c in self.sub_claims if c.assessed]
+      if not all(c.holds for c in assessed):
+        return FAIL
+      if not assessed:
+        return NOT_ASSESSED
+      if len(assessed) < len(self.sub_claims):
+        return PARTIAL
+    return PASS if self.claim.passes(self.measured) else FAIL
 
   @property
   def passed(self) -> bool:
-    """PASS iff the point estimate is within tolerance of the claim."""
-    return self.claim.passes(self.measured)
+    """Whether the verdict is ``PASS`` (every part assessed and holding)."""
+    return self.verdict == PASS
+
+  @property
+  def failed(self) -> bool:
+    """Whether the verdict is ``FAIL``; what makes a run exit with 1."""
+    return self.verdict == FAIL
 
   @property
   def ci_covers_expected(self) -> bool:
     """Whether the confidence interval contains the expected value."""
     return bool(self.ci[0] <= self.claim.expected <= self.ci[1])
+
+  def plot(self) -> Any:
+    """The check's figure, a ``matplotlib.figure.Figure`` (no pyplot)."""
+    return (self.plot_fn or loglog_figure)(self)
+
+  def __str__(self) -> str:
+    return report(self)
+
+  def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+    """IPython shows the report."""
+    printer.text(f"CheckResult({self.claim.name})" if cycle else str(self))
 
 
 def resolve_config(default: Any, quick_config: Any, *, quick: bool,
@@ -165,30 +279,133 @@ def bootstrap_count_ci(count_fn: Callable[[np.ndarray], float],
           float(np.percentile(counts, 97.5)))
 
 
-def sub_claim_line(sub_claim: Mapping[str, Any]) -> str:
-  """``PASS  name: value (95% CI [lo, hi]), expected e ± tol`` of a sub-claim.
+def quick_assessment(keys: Sequence[str], quick_assessed: Sequence[str], *,
+                     quick: bool) -> tuple[bool, ...]:
+  """Which sub-claims a run assesses: all, or a quick run's declared ones.
 
   Args:
-    sub_claim: a dict with ``passed``, ``name``, ``value``, ``ci`` (a pair or
-      ``None``), ``expected`` and ``tolerance`` (``None`` when ``expected`` is
-      already a text such as ``"<= 0.5"``).
+    keys: every sub-claim's key, in order.
+    quick_assessed: the keys a quick run can assess (the check's
+      ``QUICK_ASSESSED``).
+    quick: whether the run is at the quick budget.
 
   Returns:
-    The line, without a trailing newline; checks append their own details.
+    One bool per key.
+
+  Raises:
+    ValueError: if ``quick_assessed`` names a key that is not in ``keys``.
 
   Example:
-    >>> sub_claim_line({"passed": True, "name": "(a) slope", "value": -1.02,
-    ...                 "ci": (-1.1, -0.95), "expected": -1.0,
-    ...                 "tolerance": 0.15})
-    'PASS  (a) slope: -1.020 (95% CI [-1.100, -0.950]), expected -1 ± 0.15'
+    >>> quick_assessment(("1", "2", "3"), ("1", "3"), quick=True)
+    (True, False, True)
+    >>> quick_assessment(("1", "2", "3"), ("1", "3"), quick=False)
+    (True, True, True)
+  """
+  unknown = sorted(set(quick_assessed) - set(keys))
+  if unknown:
+    raise ValueError(f"quick_assessed names unknown sub-claims {unknown}; "
+                     f"keys: {list(keys)}")
+  return tuple(not quick or key in quick_assessed for key in keys)
+
+
+def count_assessed(holds: Sequence[bool], assessed: Sequence[bool]) -> float:
+  """The number of assessed sub-claims that hold.
+
+  Example:
+    >>> count_assessed([True, False, True], [True, False, True])
+    2.0
+  """
+  return float(sum(bool(h) for h, a in zip(holds, assessed, strict=True)
+                   if a))
+
+
+def full_budget(name: str, description: str) -> str:
+  """``assessed_by`` of a sub-claim that only the full run assesses.
+
+  Example:
+    >>> full_budget("fall_of_empires", "1,200 steps, 5 seeds")
+    'the full budget (1,200 steps, 5 seeds): python -m \
+distoptax.theory_checks.fall_of_empires'
+  """
+  return (f"the full budget ({description}): python -m "
+          f"distoptax.theory_checks.{name}")
+
+
+def sub_claim_line(sub_claim: SubClaim) -> str:
+  """One line: verdict, name, measured value, CI, expectation, details.
+
+  Args:
+    sub_claim: the sub-claim.
+
+  Returns:
+    The line, without a trailing newline.
+
+  Example:
+    >>> sub_claim_line(SubClaim("a", "(a) slope", True, value=-1.02,
+    ...                         ci=(-1.1, -0.95), expected=-1.0,
+    ...                         tolerance=0.15))
+    'PASS          (a) slope: -1.02 (95% CI [-1.1, -0.95]), expected -1 ± 0.15'
+    >>> sub_claim_line(SubClaim("4", "4. Zeno", False, assessed=False,
+    ...                         assessed_by="the full budget", value=0.125,
+    ...                         expected="<= 0.05"))
+    'NOT ASSESSED  4. Zeno: 0.125, expected <= 0.05; not judged at this \
+budget, assessed by the full budget'
   """
   c = sub_claim
-  ci = "" if c["ci"] is None else (
-      f" (95% CI [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}])")
-  expected = (c["expected"] if c["tolerance"] is None
-              else f"{c['expected']:g} ± {c['tolerance']:g}")
-  return (f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: "
-          f"{c['value']:.3f}{ci}, expected {expected}")
+  line = f"{c.verdict:<12}  {c.name}"
+  if c.value is not None:
+    line += f": {c.value:.4g}"
+  if c.ci is not None:
+    line += f" (95% CI [{c.ci[0]:.4g}, {c.ci[1]:.4g}])"
+  if c.expected is not None:
+    line += ", expected " + (
+        str(c.expected) if c.tolerance is None
+        else f"{c.expected:g} ± {c.tolerance:g}")
+  if c.measured:
+    line += f" [{c.measured}]"
+  if c.note:
+    line += f"; {c.note}"
+  if not c.assessed:
+    line += f"; not judged at this budget, assessed by {c.assessed_by}"
+  return line
+
+
+class Progress:
+  """Reports a check's sweep points, one line each on stderr.
+
+  Each line names the check, the point's number out of ``total``, what the
+  point computes and the seconds since the check started, so that a user
+  sees which part of a minutes-long run is under way.
+  """
+
+  def __init__(self, name: str, total: int, *, enabled: bool = True):
+    """Starts the clock.
+
+    Args:
+      name: the check's name.
+      total: the number of points :meth:`point` will announce.
+      enabled: whether to print (``False``: silent).
+    """
+    self._name = name
+    self._total = total
+    self._enabled = enabled
+    self._count = 0
+    self._start = time.perf_counter()
+
+  def _print(self, text: str) -> None:
+    if self._enabled:
+      print(text, file=sys.stderr, flush=True)
+
+  def point(self, description: str) -> None:
+    """Announces the next sweep point, which starts now."""
+    self._count += 1
+    self._print(f"{self._name} [{self._count}/{self._total}] {description} "
+                f"(at {time.perf_counter() - self._start:.1f} s)")
+
+  def done(self) -> None:
+    """Announces the end of the sweep."""
+    self._print(f"{self._name}: sweep done in "
+                f"{time.perf_counter() - self._start:.1f} s")
 
 
 def slope_result(
@@ -249,11 +466,15 @@ def to_json(result: CheckResult) -> dict[str, Any]:
   """A JSON-serialisable dict of every number in ``result``."""
   return _jsonable({
       "name": result.claim.name,
+      "verdict": result.verdict,
       "passed": result.passed,
+      "failed": result.failed,
       "measured": result.measured,
       "ci": result.ci,
       "ci_covers_expected": result.ci_covers_expected,
       "claim": dataclasses.asdict(result.claim),
+      "sub_claims": [dataclasses.asdict(c) | {"verdict": c.verdict}
+                     for c in result.sub_claims],
       "fit": None if result.fit is None else result.fit._asdict(),
       "x_label": result.x_label,
       "y_label": result.y_label,
@@ -266,14 +487,28 @@ def to_json(result: CheckResult) -> dict[str, Any]:
   })
 
 
-def _plot(result: CheckResult, path: str) -> None:
-  # A bare Figure with an Agg canvas: no pyplot, no global backend switch.
+def new_figure(width: float, height: float) -> Any:
+  """A bare ``matplotlib`` Figure on an Agg canvas: no pyplot, no backend."""
   from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
-
-  claim, x, y = result.claim, result.x, result.y
-  fig = figure.Figure(figsize=(6, 4.5))
+  fig = figure.Figure(figsize=(width, height))
   backend_agg.FigureCanvasAgg(fig)
+  return fig
+
+
+def loglog_figure(result: CheckResult) -> Any:
+  """Per-seed ``y`` against ``x`` on log-log axes, with the fitted line.
+
+  Args:
+    result: the check's outcome.
+
+  Returns:
+    A ``matplotlib.figure.Figure``: the min-max band and median over seeds,
+    the fit over its window with the theoretical slope beside it, the
+    verdict in the title.
+  """
+  claim, x, y = result.claim, result.x, result.y
+  fig = new_figure(6, 4.5)
   ax = fig.add_subplot()
   ax.set_xscale("log")
   ax.set_yscale("log")
@@ -295,12 +530,11 @@ def _plot(result: CheckResult, path: str) -> None:
             linewidth=0.8, label=f"slope {claim.expected:g}")
   ax.set_xlabel(result.x_label)
   ax.set_ylabel(result.y_label)
-  status = "PASS" if result.passed else "FAIL"
-  ax.set_title(f"{claim.name}: {status}", fontsize=10)
+  ax.set_title(f"{claim.name}: {result.verdict}", fontsize=10)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  return fig
 
 
 def write_result(result: CheckResult, outdir: str | os.PathLike[str]
@@ -319,30 +553,65 @@ def write_result(result: CheckResult, outdir: str | os.PathLike[str]
   json_path, png_path = base + ".json", base + ".png"
   with open(json_path, "w") as f:
     json.dump(to_json(result), f, indent=2)
-  _plot(result, png_path)
+  result.plot().savefig(png_path, dpi=120)
   return json_path, png_path
 
 
+def _verdict_line(result: CheckResult) -> str:
+  verdict = result.verdict
+  skipped = result.not_assessed
+  if not skipped:
+    return verdict
+  keys = ", ".join(c.key for c in skipped)
+  assessed = len(result.sub_claims) - len(skipped)
+  if verdict == FAIL:
+    return (f"FAIL (and {len(skipped)} sub-claim(s) not assessed at this "
+            f"budget: {keys})")
+  return (f"{verdict}: the {assessed} sub-claim(s) assessed at this budget "
+          f"hold; {len(skipped)} ({keys}) not assessed at this budget, "
+          f"assessed by {skipped[0].assessed_by}")
+
+
 def report(result: CheckResult) -> str:
-  """A readable block: claim, measured value with CI, tolerance, PASS/FAIL."""
+  """The readable block: claim, value with CI, tolerance, verdict, tables.
+
+  Also ``str(result)``; ``run_all`` and each check's ``main`` print it.
+  """
   claim = result.claim
   deviation = abs(result.measured - claim.expected)
-  status = "PASS" if result.passed else "FAIL"
   window = "" if result.fit is None else f", fit window {result.fit.window}"
   lines = [
-      f"== {claim.name}: {status} ==",
+      f"== {claim.name}: {result.verdict} ==",
       f"claim:     {claim.statement}",
       f"source:    {claim.source}",
       f"measured:  {claim.measured}",
-      f"value:     {result.measured:.4f}  "
-      f"(95% CI [{result.ci[0]:.4f}, {result.ci[1]:.4f}])",
-      f"expected:  {claim.expected:g} ± {claim.tolerance:g}  "
-      f"(|deviation| = {deviation:.4f})",
-      f"CI covers expected: {'yes' if result.ci_covers_expected else 'no'}",
-      f"seeds: {result.y.shape[0]}, x: {result.x.tolist()}{window}, "
-      f"elapsed: {result.elapsed_s:.1f} s",
-      f"result:    {status}",
   ]
+  skipped = result.not_assessed
+  if skipped:
+    assessed = len(result.sub_claims) - len(skipped)
+    lines += [
+        f"value:     {result.measured:.4f}  (95% CI [{result.ci[0]:.4f}, "
+        f"{result.ci[1]:.4f}]) of the {assessed} sub-claim(s) assessed at "
+        f"this budget",
+        f"expected:  {claim.expected:g} ± {claim.tolerance:g}  (every "
+        f"sub-claim; {len(skipped)} not assessed at this budget)",
+    ]
+  else:
+    lines += [
+        f"value:     {result.measured:.4f}  "
+        f"(95% CI [{result.ci[0]:.4f}, {result.ci[1]:.4f}])",
+        f"expected:  {claim.expected:g} ± {claim.tolerance:g}  "
+        f"(|deviation| = {deviation:.4f})",
+        f"CI covers expected: {'yes' if result.ci_covers_expected else 'no'}",
+    ]
+  lines.append(f"seeds: {result.y.shape[0]}, x: {result.x.tolist()}{window}, "
+               f"elapsed: {result.elapsed_s:.1f} s")
+  if result.details:
+    lines.append(result.details)
+  if result.sub_claims:
+    lines.append("sub-claims:")
+    lines += ["  " + sub_claim_line(c) for c in result.sub_claims]
+  lines.append(f"result:    {_verdict_line(result)}")
   return "\n".join(lines)
 
 
@@ -388,31 +657,27 @@ def parse_flags(argv: Sequence[str] | None, outdir_help: str
 
 
 def run_check_main(run_fn: RunFn,
-                   argv: Sequence[str] | None = None, *,
-                   describe: Callable[[CheckResult], str] | None = None
-                   ) -> NoReturn:
+                   argv: Sequence[str] | None = None) -> NoReturn:
   """The ``main()`` of a check module.
 
   Flags: ``--quick`` (bool), ``--outdir`` (default ``results/<name>``),
-  ``--seeds`` (int, optional). Runs ``run_fn(quick=..., seeds=...)``, writes
-  the JSON and PNG, prints the report and exits with status 0 on PASS, 1 on
-  FAIL (2 on a bad command line).
+  ``--seeds`` (int, optional). Runs ``run_fn(quick=..., seeds=...)`` (its
+  progress goes to stderr), writes the JSON and PNG, prints the report
+  (``str(result)``) and exits with status 1 if the verdict is FAIL, else 0
+  (a sub-claim the budget does not assess is not a failure); 2 on a bad
+  command line.
 
   Args:
     run_fn: the check's run function.
     argv: the command line (``sys.argv`` if ``None``).
-    describe: ``describe(result) -> text`` printed before the report (a
-      check's table of sub-claims), or ``None``.
 
   Raises:
     SystemExit: always, with the exit status.
   """
   parsed = parse_flags(argv, "Output folder; default results/<check name>.")
   result = run_fn(quick=parsed.quick, seeds=parsed.seeds)
-  if describe is not None:
-    print(describe(result))
   outdir = parsed.outdir or os.path.join("results", result.claim.name)
   paths = write_result(result, outdir)
-  print(report(result))
+  print(result)
   print("wrote " + ", ".join(paths))
-  sys.exit(0 if result.passed else 1)
+  sys.exit(1 if result.failed else 0)

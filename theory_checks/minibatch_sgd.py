@@ -110,6 +110,12 @@ class Config:
 QUICK = Config(num_seeds=3, burn_in=600, tail=1500)
 """The CI-sized configuration (``--quick``)."""
 
+SUB_CLAIM_KEYS = ()
+"""No sub-claims: the verdict is the slope's."""
+
+QUICK_ASSESSED = ()
+"""No sub-claims to leave out: the quick budget assesses the slope."""
+
 
 def make_problem(num_points: int, dim: int, noise: float, seed: int
                  ) -> dict[str, np.ndarray]:
@@ -214,12 +220,13 @@ def tail_gaps(config: Config, problem: dict[str, np.ndarray],
 
 
 def run(*, quick: bool = False, seeds: int | None = None,
-        **overrides) -> harness.CheckResult:
+        progress: bool = True, **overrides) -> harness.CheckResult:
   """Runs the sweep over m and fits the log-log slope.
 
   Args:
     quick: use :data:`QUICK` (3 seeds, shorter runs) instead of ``Config()``.
     seeds: number of seeds, overriding the configuration's.
+    progress: print a line per m (the sweep's points) to stderr.
     **overrides: further :class:`Config` fields (e.g. ``shared_batch=True``).
 
   Returns:
@@ -231,8 +238,14 @@ def run(*, quick: bool = False, seeds: int | None = None,
   problem = make_problem(config.num_points, config.dim, config.noise,
                          config.data_seed)
   x = np.array(config.num_workers, np.float64)
-  y = np.stack([tail_gaps(config, problem, m) for m in config.num_workers],
-               axis=1)
+  meter = harness.Progress(NAME, len(config.num_workers), enabled=progress)
+  columns = []
+  for m in config.num_workers:
+    meter.point(f"m = {m} workers: {config.num_seeds} seeds x "
+                f"{config.burn_in + config.tail:,} steps")
+    columns.append(tail_gaps(config, problem, m))
+  meter.done()
+  y = np.stack(columns, axis=1)
   elapsed = time.perf_counter() - start
   lr, samples = config.learning_rate, config.batch_size * x
   predicted = (lr * np.trace(problem["grad_cov"]) / (4 * samples)

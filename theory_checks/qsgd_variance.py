@@ -140,6 +140,16 @@ QUICK = Config(dims=(2**8, 2**10, 2**12, 2**14), small_levels_dim=2**14,
                num_draws=96, draw_batch=8, num_seeds=3)
 """The CI-sized configuration (``--quick``); see the module docstring."""
 
+SUB_CLAIM_KEYS = ("a", "b", "c", "d", "e", "f")
+"""The sub-claims' keys, in order."""
+
+QUICK_ASSESSED = SUB_CLAIM_KEYS
+"""The quick budget assesses every sub-claim (module docstring)."""
+
+FULL_BUDGET = harness.full_budget(
+    NAME, f"d up to 2^20, {Config.num_draws} draws, {Config.num_seeds} seeds")
+"""The budget that assesses every sub-claim."""
+
 
 def exact_moments(v: np.ndarray, num_levels: int) -> dict[str, float]:
   r"""Exact moments of :math:`\|Q_s(v) - v\|^2 / \|v\|^2` (float64).
@@ -235,7 +245,8 @@ _QUANTITIES = ("mc", "exact", "se", "z", "bound", "unbiased_stat",
                "unbiased_band")
 
 
-def sweep(config: Config) -> dict[str, dict[str, np.ndarray]]:
+def sweep(config: Config, meter: harness.Progress | None = None
+          ) -> dict[str, dict[str, np.ndarray]]:
   """Monte Carlo and exact figures at every point of the three sweeps.
 
   Rows (one Gaussian ``v`` per seed and point) that share ``s`` and the
@@ -245,6 +256,8 @@ def sweep(config: Config) -> dict[str, dict[str, np.ndarray]]:
 
   Args:
     config: the configuration.
+    meter: announces each compiled program (one per ``(s, length)``), if
+      given.
 
   Returns:
     ``fig[sweep][quantity]`` of shape ``[num_seeds, num_points]`` for the
@@ -264,6 +277,9 @@ def sweep(config: Config) -> dict[str, dict[str, np.ndarray]]:
         groups.setdefault((s, length), []).append((name, j, seed, d))
   key = jax.random.key(config.data_seed)
   for (s, length), rows in sorted(groups.items()):
+    if meter is not None:
+      meter.point(f"s = {s}, d <= {length}: {len(rows)} vectors (points x "
+                  f"seeds) x {config.num_draws} draws")
     vs = [_gaussian(config, seed, d) for _, _, seed, d in rows]
     padded = np.zeros((len(rows), length), np.float32)
     for row, v in enumerate(vs):
@@ -317,30 +333,40 @@ def _judge(config: Config, fig: dict[str, dict[str, np.ndarray]]
 
 
 def run(*, quick: bool = False, seeds: int | None = None,
-        **overrides) -> harness.CheckResult:
+        progress: bool = True, **overrides) -> harness.CheckResult:
   """Runs the three sweeps and counts the sub-claims that hold.
 
   Args:
-    quick: use :data:`QUICK` instead of ``Config()``.
+    quick: use :data:`QUICK` instead of ``Config()``; only the sub-claims
+      in :data:`QUICK_ASSESSED` are then assessed.
     seeds: number of seeds, overriding the configuration's.
+    progress: print a line per compiled program (``(s, length)``) to
+      stderr.
     **overrides: further :class:`Config` fields (e.g. ``num_draws=1000``).
 
   Returns:
     The :class:`harness.CheckResult`; ``measured`` is the number of
-    sub-claims that hold, ``extras["sub_claims"]`` has each one's figures
+    assessed sub-claims that hold, ``sub_claims`` has each one's figures
     and ``extras["sweeps"]`` the Monte-Carlo and exact variances.
   """
   config = harness.resolve_config(Config(), QUICK, quick=quick, seeds=seeds,
                                   overrides=overrides)
+  assessed = harness.quick_assessment(SUB_CLAIM_KEYS, QUICK_ASSESSED,
+                                      quick=quick)
   start = time.perf_counter()
   points = _points(config)
-  fig = sweep(config)
+  num_programs = len({(s, max(d for d, _ in ps))
+                      for ps in points.values() for _, s in ps})
+  meter = harness.Progress(NAME, num_programs, enabled=progress)
+  fig = sweep(config, meter)
+  meter.done()
   elapsed = time.perf_counter() - start
   passed = _judge(config, fig)
 
   ci = harness.bootstrap_count_ci(
-      lambda rows: sum(_judge(config, {
-          k: {q: a[rows] for q, a in f.items()} for k, f in fig.items()})),
+      lambda rows: harness.count_assessed(_judge(config, {
+          k: {q: a[rows] for q, a in f.items()} for k, f in fig.items()}),
+                                          assessed),
       config.num_seeds)
 
   xs = {"d": config.dims, "small_s": config.small_levels,
@@ -349,7 +375,6 @@ def run(*, quick: bool = False, seeds: int | None = None,
   exact_fits = {k: _slope(xs[k], fig[k]["exact"]) for k in fig}
   every_fig = {q: np.concatenate([fig[k][q] for k in fig], axis=1)
                for q in fig["d"]}
-  sub_claims = []
   specs = [
       ("d", "(a) variance vs d at s = 1", 0.5, config.slope_d_tolerance),
       ("small_s", f"(b) variance vs s at d = {config.small_levels_dim}, "
@@ -357,32 +382,33 @@ def run(*, quick: bool = False, seeds: int | None = None,
       ("large_s", f"(c) variance vs s at d = {config.large_levels_dim}, "
        "s >= 2 sqrt(d)", -2.0, config.slope_large_tolerance),
   ]
-  for (key, name, expected, tol), ok in zip(specs, passed[:3]):
-    f = fits[key]
-    sub_claims.append({
-        "name": name, "measured": "log-log slope of the Monte-Carlo variance",
-        "value": f.slope, "ci": (f.ci_low, f.ci_high), "expected": expected,
-        "tolerance": tol, "exact_formula_slope": exact_fits[key].slope,
-        "passed": ok})
-  sub_claims += [
-      {"name": "(d) Monte Carlo matches the exact variance",
-       "measured": "max |z| over points and seeds",
-       "value": float(np.max(np.abs(every_fig["z"]))), "ci": None,
-       "expected": f"<= {config.max_z:g}", "tolerance": None,
-       "passed": passed[3]},
-      {"name": "(e) Lemma 3.1 (ii) bound min(d/s^2, sqrt(d)/s)",
-       "measured": "max of exact / bound and of MC / bound",
-       "value": float(max(np.max(every_fig["exact"] / every_fig["bound"]),
-                          np.max(every_fig["mc"] / every_fig["bound"]))),
-       "ci": None, "expected": "<= 1", "tolerance": None,
-       "passed": passed[4]},
-      {"name": "(f) Lemma 3.1 (i) unbiased",
-       "measured": "max |U - 1| / (max_z sqrt(2/d_eff))",
-       "value": float(np.max(np.abs(every_fig["unbiased_stat"] - 1)
-                             / every_fig["unbiased_band"] * config.max_z)),
-       "ci": None, "expected": f"<= {config.max_z:g}", "tolerance": None,
-       "passed": passed[5]},
+  rows = [
+      dict(name=name, value=fits[k].slope,
+           ci=(fits[k].ci_low, fits[k].ci_high), expected=expected,
+           tolerance=tol,
+           measured="log-log slope of the Monte-Carlo variance",
+           note=f"exact-formula slope {exact_fits[k].slope:.3f}")
+      for k, name, expected, tol in specs]
+  rows += [
+      dict(name="(d) Monte Carlo matches the exact variance",
+           measured="max |z| over points and seeds",
+           value=float(np.max(np.abs(every_fig["z"]))),
+           expected=f"<= {config.max_z:g}"),
+      dict(name="(e) Lemma 3.1 (ii) bound min(d/s^2, sqrt(d)/s)",
+           measured="max of exact / bound and of MC / bound",
+           value=float(max(np.max(every_fig["exact"] / every_fig["bound"]),
+                           np.max(every_fig["mc"] / every_fig["bound"]))),
+           expected="<= 1"),
+      dict(name="(f) Lemma 3.1 (i) unbiased",
+           measured="max |U - 1| / (max_z sqrt(2/d_eff))",
+           value=float(np.max(np.abs(every_fig["unbiased_stat"] - 1)
+                              / every_fig["unbiased_band"] * config.max_z)),
+           expected=f"<= {config.max_z:g}"),
   ]
+  sub_claims = tuple(
+      harness.SubClaim(key=key, holds=bool(p), assessed=a,
+                       assessed_by="" if a else FULL_BUDGET, **row)
+      for key, row, p, a in zip(SUB_CLAIM_KEYS, rows, passed, assessed))
   sweeps = {
       k: {"points": points[k],
           "mc_mean": fig[k]["mc"].mean(axis=0),
@@ -398,24 +424,28 @@ def run(*, quick: bool = False, seeds: int | None = None,
           "exact_slope": exact_fits[k].slope}
       for k in fig}
   return harness.CheckResult(
-      claim=CLAIM, measured=float(sum(passed)), ci=ci,
+      claim=CLAIM, measured=harness.count_assessed(passed, assessed), ci=ci,
       x=np.array(config.dims, np.float64), y=fig["d"]["mc"],
       config=dataclasses.asdict(config) | {"quick": quick},
       elapsed_s=elapsed, x_label="dimension d (s = 1)",
       y_label="E||Q_s(v) - v||^2 / ||v||^2 (Monte Carlo)",
-      extras={"sub_claims": sub_claims, "sweeps": sweeps})
+      extras={"sweeps": sweeps}, sub_claims=sub_claims,
+      details=sweeps_table(sweeps))
 
 
-def sub_claims_table(result: harness.CheckResult) -> str:
-  """The sub-claims and the Monte-Carlo vs exact table as readable text."""
-  lines = []
-  for c in result.extras["sub_claims"]:
-    exact = ("" if "exact_formula_slope" not in c
-             else f"; exact-formula slope {c['exact_formula_slope']:.3f}")
-    lines.append(harness.sub_claim_line(c) + exact)
-  lines.append(f"{'d':>8} {'s':>5} {'MC':>10} {'exact':>10} {'MC/exact':>9} "
-               f"{'max|z|':>7} {'bound':>9}")
-  for sweep_fig in result.extras["sweeps"].values():
+def sweeps_table(sweeps: dict[str, dict]) -> str:
+  """The Monte-Carlo against exact variances at every point, as text.
+
+  Args:
+    sweeps: the result's ``extras["sweeps"]``.
+
+  Returns:
+    One line per (d, s): seed means of the Monte-Carlo and exact normalised
+    variances, their ratio, the largest |z| and the bound.
+  """
+  lines = [f"{'d':>8} {'s':>5} {'MC':>10} {'exact':>10} {'MC/exact':>9} "
+           f"{'max|z|':>7} {'bound':>9}"]
+  for sweep_fig in sweeps.values():
     for j, (d, s) in enumerate(sweep_fig["points"]):
       lines.append(
           f"{d:>8} {s:>5} {sweep_fig['mc_mean'][j]:>10.4g} "
@@ -427,7 +457,7 @@ def sub_claims_table(result: harness.CheckResult) -> str:
 
 def main(argv=None):
   """``python -m distoptax.theory_checks.qsgd_variance [--quick] ...``."""
-  harness.run_check_main(run, argv, describe=sub_claims_table)
+  harness.run_check_main(run, argv)
 
 
 if __name__ == "__main__":

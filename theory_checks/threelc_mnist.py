@@ -142,6 +142,16 @@ QUICK = Config(sparsity_multipliers=(1.0, 1.75), num_workers=2, batch_size=64,
                num_steps=300, eval_every=100, num_seeds=3, min_accuracy=0.85)
 """The CI-sized configuration (``--quick``); see the module docstring."""
 
+SUB_CLAIM_KEYS = ("a", "b", "c", "d")
+"""The sub-claims' keys, in order."""
+
+QUICK_ASSESSED = SUB_CLAIM_KEYS
+"""The quick budget assesses every sub-claim (module docstring)."""
+
+FULL_BUDGET = harness.full_budget(
+    NAME, f"{Config.num_steps:,} steps, {Config.num_seeds} seeds")
+"""The budget that assesses every sub-claim."""
+
 
 class RecordingState(NamedTuple):
   """State of :func:`recording`.
@@ -370,17 +380,20 @@ def _judge(config: Config, float_bytes: int, baseline: np.ndarray,
 
 
 def run(*, quick: bool = False, seeds: int | None = None,
-        **overrides) -> harness.CheckResult:
+        progress: bool = True, **overrides) -> harness.CheckResult:
   """Trains the baseline and 3LC at every multiplier; judges (a)-(d).
 
   Args:
-    quick: use :data:`QUICK` instead of ``Config()``.
+    quick: use :data:`QUICK` instead of ``Config()``; only the sub-claims
+      in :data:`QUICK_ASSESSED` are then assessed.
     seeds: number of seeds, overriding the configuration's.
+    progress: print a line per training run (the baseline, then each
+      multiplier) to stderr.
     **overrides: further :class:`Config` fields (e.g. ``num_steps=2000``).
 
   Returns:
     The :class:`harness.CheckResult`; ``measured`` is the number of
-    sub-claims that hold, ``extras["sub_claims"]`` has each one's figures
+    assessed sub-claims that hold, ``sub_claims`` has each one's figures
     and ``extras["per_multiplier"]`` the ratios, accuracies and checks.
   """
   config = harness.resolve_config(Config(), QUICK, quick=quick, seeds=seeds,
@@ -388,13 +401,24 @@ def run(*, quick: bool = False, seeds: int | None = None,
   if config.num_steps % config.eval_every:
     raise ValueError(f"num_steps={config.num_steps} must be a multiple of "
                      f"eval_every={config.eval_every}")
+  assessed = harness.quick_assessment(SUB_CLAIM_KEYS, QUICK_ASSESSED,
+                                      quick=quick)
   start = time.perf_counter()
+  meter = harness.Progress(NAME, 1 + len(config.sparsity_multipliers),
+                           enabled=progress)
+  size = (f"{config.num_seeds} seeds x {config.num_workers} workers x "
+          f"{config.num_steps} steps")
   data = datasets.load_dataset("mnist5k")
   batches = sample_batches(config, data.x_train.shape[0])
   params = init_params(config, data)
+  meter.point(f"uncompressed baseline: {size}")
   baseline = train(config, data, None, batches, params)
-  runs = [train(config, data, s, batches, params)
-          for s in config.sparsity_multipliers]
+  runs = []
+  for s in config.sparsity_multipliers:
+    meter.point(f"3LC s = {s:g}: {size}, messages checked every "
+                f"{config.eval_every} steps")
+    runs.append(train(config, data, s, batches, params))
+  meter.done()
   elapsed = time.perf_counter() - start
 
   sizes = param_sizes(config, data)
@@ -407,10 +431,11 @@ def run(*, quick: bool = False, seeds: int | None = None,
   passed = _judge(config, float_bytes, baseline["accuracy"], runs)
 
   ci = harness.bootstrap_count_ci(
-      lambda rows: sum(_judge(
+      lambda rows: harness.count_assessed(_judge(
           config, float_bytes, baseline["accuracy"][rows],
           [{"coded_bytes": r["coded_bytes"][rows], "accuracy":
-            r["accuracy"][rows], "checks_ok": r["checks_ok"]} for r in runs])),
+            r["accuracy"][rows], "checks_ok": r["checks_ok"]} for r in runs]),
+                                          assessed),
       config.num_seeds)
 
   wire_bytes = sum(-(-size // 5) + 4 for size in sizes)
@@ -440,64 +465,70 @@ def run(*, quick: bool = False, seeds: int | None = None,
   drops = [per_multiplier[f"{s:g}"]["accuracy_drop"]
            for s in config.sparsity_multipliers]
   messages = sum(r["checks"]["messages"] for r in runs)
-  sub_claims = [
-      {"name": "(a) compression ratio vs float32",
-       "measured": "4 d N / sum(coded bytes) per multiplier "
-                   + ", ".join(f"s={s:g}: {q:.1f}x" for s, q in zip(
-                       config.sparsity_multipliers, ratios)),
-       "value": min(ratios), "ci": None,
-       "expected": f"in [{config.min_ratio:g}, {config.max_ratio:g}]",
-       "tolerance": None, "passed": passed[0]},
-      {"name": "(b) lossless stages round-trip exactly",
-       "measured": f"failures over {messages} messages (tensor, worker, "
-                   "seed, checkpoint)",
-       "value": float(sum(sum(v for k, v in r["checks"].items()
-                              if k not in ("messages", "stream_bytes"))
-                          for r in runs)),
-       "ci": None, "expected": "0", "tolerance": None, "passed": passed[1]},
-      {"name": "(c) test accuracy within 1 point of uncompressed",
-       "measured": f"largest drop (baseline {baseline['accuracy'].mean():.4f})",
-       "value": max(drops), "ci": None,
-       "expected": (f"<= {config.max_accuracy_drop:g}, baseline >= "
-                    f"{config.min_accuracy:g}"),
-       "tolerance": None, "passed": passed[2]},
-      {"name": "(d) ratio non-decreasing in the sparsity multiplier",
-       "measured": "ratios in multiplier order",
-       "value": ratios[-1] - ratios[0], "ci": None,
-       "expected": "non-decreasing", "tolerance": None, "passed": passed[3]},
+  rows = [
+      dict(name="(a) compression ratio vs float32",
+           measured="4 d N / sum(coded bytes) per multiplier "
+           + ", ".join(f"s={s:g}: {q:.1f}x" for s, q in zip(
+               config.sparsity_multipliers, ratios)),
+           value=min(ratios),
+           expected=f"in [{config.min_ratio:g}, {config.max_ratio:g}]"),
+      dict(name="(b) lossless stages round-trip exactly",
+           measured=f"failures over {messages} messages (tensor, worker, "
+           "seed, checkpoint)",
+           value=float(sum(sum(v for k, v in r["checks"].items()
+                               if k not in ("messages", "stream_bytes"))
+                           for r in runs)),
+           expected="0"),
+      dict(name="(c) test accuracy within 1 point of uncompressed",
+           measured=(f"largest drop (baseline "
+                     f"{baseline['accuracy'].mean():.4f})"),
+           value=max(drops),
+           expected=(f"<= {config.max_accuracy_drop:g}, baseline >= "
+                     f"{config.min_accuracy:g}")),
+      dict(name="(d) ratio non-decreasing in the sparsity multiplier",
+           measured="last ratio - first, in multiplier order",
+           value=ratios[-1] - ratios[0], expected="non-decreasing"),
   ]
+  sub_claims = tuple(
+      harness.SubClaim(key=key, holds=bool(p), assessed=a,
+                       assessed_by="" if a else FULL_BUDGET, **row)
+      for key, row, p, a in zip(SUB_CLAIM_KEYS, rows, passed, assessed))
+  extras = {
+      "num_params": num_params,
+      "wire_ratio": float_bytes / wire_bytes,
+      "paper_ratio_range": (39.0, 107.0),
+      "baseline_accuracy_mean": float(baseline["accuracy"].mean()),
+      "baseline_accuracy_per_seed": baseline["accuracy"],
+      "baseline_accuracy_curve": baseline["curve"].mean(axis=0),
+      "per_multiplier": per_multiplier,
+  }
   return harness.CheckResult(
-      claim=CLAIM, measured=float(sum(passed)), ci=ci,
+      claim=CLAIM, measured=harness.count_assessed(passed, assessed), ci=ci,
       x=config.eval_every * np.arange(1, y.shape[1] + 1, dtype=np.float64),
       y=y, config=dataclasses.asdict(config) | {"quick": quick},
       elapsed_s=elapsed, x_label="step (end of each eval_every window)",
       y_label=(f"compression ratio vs float32, s = "
                f"{config.sparsity_multipliers[0]:g}"),
-      extras={
-          "sub_claims": sub_claims,
-          "num_params": num_params,
-          "wire_ratio": float_bytes / wire_bytes,
-          "paper_ratio_range": (39.0, 107.0),
-          "baseline_accuracy_mean": float(baseline["accuracy"].mean()),
-          "baseline_accuracy_per_seed": baseline["accuracy"],
-          "baseline_accuracy_curve": baseline["curve"].mean(axis=0),
-          "per_multiplier": per_multiplier,
-      })
+      sub_claims=sub_claims,
+      extras=extras, details=multiplier_table(extras))
 
 
-def sub_claims_table(result: harness.CheckResult) -> str:
-  """The sub-claims and the per-multiplier table as readable text."""
-  lines = []
-  for c in result.extras["sub_claims"]:
-    lines.append(f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: "
-                 f"{c['value']:.4g}, expected {c['expected']} "
-                 f"[{c['measured']}]")
-  extras = result.extras
-  lines.append(f"baseline accuracy {extras['baseline_accuracy_mean']:.4f}; "
-               f"wire format (packed) ratio {extras['wire_ratio']:.2f}x")
-  lines.append(f"{'s':>5} {'ratio':>8} {'step min':>9} {'step max':>9} "
-               f"{'accuracy':>9} {'drop':>8} {'messages':>9}")
-  for s, m in result.extras["per_multiplier"].items():
+def multiplier_table(extras: dict) -> str:
+  """The baseline and the per-multiplier figures, as text.
+
+  Args:
+    extras: the result's ``extras``.
+
+  Returns:
+    The baseline accuracy and wire-format ratio, then one line per
+    multiplier: coded ratio, per-step extremes, accuracy, drop, messages
+    checked.
+  """
+  lines = [f"baseline accuracy {extras['baseline_accuracy_mean']:.4f}; "
+           f"wire format (packed) ratio {extras['wire_ratio']:.2f}x",
+           f"{'s':>5} {'ratio':>8} {'step min':>9} {'step max':>9} "
+           f"{'accuracy':>9} {'drop':>8} {'messages':>9}"]
+  for s, m in extras["per_multiplier"].items():
     lines.append(f"{s:>5} {m['ratio']:>8.1f} {m['step_ratio_min']:>9.1f} "
                  f"{m['step_ratio_max']:>9.1f} {m['accuracy_mean']:>9.4f} "
                  f"{m['accuracy_drop']:>8.4f} {m['checks']['messages']:>9}")
@@ -506,7 +537,7 @@ def sub_claims_table(result: harness.CheckResult) -> str:
 
 def main(argv=None):
   """``python -m distoptax.theory_checks.threelc_mnist [--quick] ...``."""
-  harness.run_check_main(run, argv, describe=sub_claims_table)
+  harness.run_check_main(run, argv)
 
 
 if __name__ == "__main__":

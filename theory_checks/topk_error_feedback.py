@@ -151,6 +151,16 @@ QUICK = Config(num_steps=5000, num_checkpoints=10, rate_window=(500.0, 5000.0),
                num_seeds=3, replicas=8)
 """The CI-sized configuration (``--quick``)."""
 
+SUB_CLAIM_KEYS = ("a", "b", "c", "d", "e")
+"""The sub-claims' keys, in order."""
+
+QUICK_ASSESSED = SUB_CLAIM_KEYS
+"""The quick budget assesses every sub-claim: T_max = 5,000 = 200 d/k."""
+
+FULL_BUDGET = harness.full_budget(
+    NAME, f"T = {Config.num_steps:,}, {Config.num_seeds} seeds")
+"""The budget that assesses every sub-claim."""
+
 
 def checkpoints(config: Config) -> np.ndarray:
   """Log-spaced distinct step counts from the first checkpoint to T_max."""
@@ -287,25 +297,35 @@ def _judge(config: Config, steps: np.ndarray,
 
 
 def run(*, quick: bool = False, seeds: int | None = None,
-        **overrides) -> harness.CheckResult:
+        progress: bool = True, **overrides) -> harness.CheckResult:
   """Trains the three methods and counts the sub-claims that hold.
 
   Args:
-    quick: use :data:`QUICK` instead of ``Config()``.
+    quick: use :data:`QUICK` instead of ``Config()``; only the sub-claims
+      in :data:`QUICK_ASSESSED` are then assessed.
     seeds: number of seeds, overriding the configuration's.
+    progress: print a line per method (the sweep's points) to stderr.
     **overrides: further :class:`Config` fields (e.g. ``k=5``).
 
   Returns:
     The :class:`harness.CheckResult`; ``measured`` is the number of
-    sub-claims that hold, ``extras["sub_claims"]`` has each one's figures.
+    assessed sub-claims that hold, ``sub_claims`` has each one's figures.
   """
   config = harness.resolve_config(Config(), QUICK, quick=quick, seeds=seeds,
                                   overrides=overrides)
+  assessed = harness.quick_assessment(SUB_CLAIM_KEYS, QUICK_ASSESSED,
+                                      quick=quick)
   start = time.perf_counter()
+  meter = harness.Progress(NAME, len(METHODS), enabled=progress)
   problem = minibatch_sgd.make_problem(config.num_points, config.dim,
                                        config.noise, config.data_seed)
   indices = sample_indices(config)
-  results = {m: gaps(config, problem, m, indices) for m in METHODS}
+  results = {}
+  for method in METHODS:
+    meter.point(f"method {method}: {config.num_seeds} seeds x "
+                f"{config.replicas} replicas x {config.num_steps:,} steps")
+    results[method] = gaps(config, problem, method, indices)
+  meter.done()
   elapsed = time.perf_counter() - start
 
   steps = checkpoints(config).astype(np.float64)
@@ -317,8 +337,9 @@ def run(*, quick: bool = False, seeds: int | None = None,
   last = {m: per_seed(results[m]["last"]) for m in METHODS}
   passed, figures = _judge(config, steps, gap)
   ci = harness.bootstrap_count_ci(
-      lambda rows: sum(_judge(config, steps,
-                              {m: g[rows] for m, g in gap.items()})[0]),
+      lambda rows: harness.count_assessed(
+          _judge(config, steps, {m: g[rows] for m, g in gap.items()})[0],
+          assessed),
       config.num_seeds)
 
   fits = {m: fit_lib.loglog_slope(steps, gap[m], window=config.rate_window)
@@ -326,62 +347,68 @@ def run(*, quick: bool = False, seeds: int | None = None,
   ratio = figures["ratio"]
   below = np.flatnonzero(ratio <= 1 + config.ratio_tolerance)
   mu = float(np.linalg.eigvalsh(problem["hessian"])[0])
-  sub_claims = [
-      {"name": "(a) SGD gap vs T", "measured": "log-log slope",
-       "value": fits["sgd"].slope,
-       "ci": (fits["sgd"].ci_low, fits["sgd"].ci_high), "expected": -1.0,
-       "tolerance": config.slope_tolerance, "passed": passed[0]},
-      {"name": "(b) top-k + EF gap vs T", "measured": "log-log slope",
-       "value": fits["topk_ef"].slope,
-       "ci": (fits["topk_ef"].ci_low, fits["topk_ef"].ci_high),
-       "expected": -1.0, "tolerance": config.slope_tolerance,
-       "passed": passed[1]},
-      {"name": "(c) ratio gap(top-k + EF)/gap(SGD) at T_max",
-       "measured": "median over seeds", "value": float(ratio[-1]),
-       "ci": None, "expected": 1.0, "tolerance": config.ratio_tolerance,
-       "passed": passed[2]},
-      {"name": "(d) the ratio decreases to 1",
-       "measured": "first checkpoint's ratio; window means "
-                   + ", ".join(f"{m:.3f}" for m in figures["window_means"]),
-       "value": float(ratio[0]), "ci": None,
-       "expected": f"window means non-increasing (+{config.trend_margin})",
-       "tolerance": None, "passed": passed[3]},
-      {"name": "(e) control: top-k without EF stalls",
-       "measured": "ratio gap(top-k)/gap(SGD) at T_max",
-       "value": float(figures["control_ratio"][-1]), "ci": None,
-       "expected": f">= {config.control_min_ratio:g} and growing",
-       "tolerance": None, "passed": passed[4]},
+  rows = [
+      dict(name="(a) SGD gap vs T", measured="log-log slope",
+           value=fits["sgd"].slope,
+           ci=(fits["sgd"].ci_low, fits["sgd"].ci_high), expected=-1.0,
+           tolerance=config.slope_tolerance),
+      dict(name="(b) top-k + EF gap vs T", measured="log-log slope",
+           value=fits["topk_ef"].slope,
+           ci=(fits["topk_ef"].ci_low, fits["topk_ef"].ci_high),
+           expected=-1.0, tolerance=config.slope_tolerance),
+      dict(name="(c) ratio gap(top-k + EF)/gap(SGD) at T_max",
+           measured="median over seeds", value=float(ratio[-1]),
+           expected=1.0, tolerance=config.ratio_tolerance),
+      dict(name="(d) the ratio decreases to 1",
+           measured="first checkpoint's ratio; window means "
+           + ", ".join(f"{m:.3f}" for m in figures["window_means"]),
+           value=float(ratio[0]),
+           expected=f"window means non-increasing (+{config.trend_margin})"),
+      dict(name="(e) control: top-k without EF stalls",
+           measured="ratio gap(top-k)/gap(SGD) at T_max",
+           value=float(figures["control_ratio"][-1]),
+           expected=f">= {config.control_min_ratio:g} and growing"),
   ]
+  sub_claims = tuple(
+      harness.SubClaim(key=key, holds=bool(p), assessed=a,
+                       assessed_by="" if a else FULL_BUDGET, **row)
+      for key, row, p, a in zip(SUB_CLAIM_KEYS, rows, passed, assessed))
+  extras = {
+      "mu": mu,
+      "shift": config.dim / config.k if config.shift is None
+               else config.shift,
+      "steps": steps,
+      "gap_median": {m: np.median(g, axis=0) for m, g in gap.items()},
+      "ratio_median": ratio,
+      "control_ratio_median": figures["control_ratio"],
+      "last_iterate_ratio_median": np.median(
+          last["topk_ef"] / last["sgd"], axis=0),
+      "first_step_within_tolerance": (
+          float(steps[below[0]]) if below.size else None),
+      "slopes": {m: f.slope for m, f in fits.items()},
+  }
   return harness.CheckResult(
-      claim=CLAIM, measured=float(sum(passed)), ci=ci, x=steps,
+      claim=CLAIM, measured=harness.count_assessed(passed, assessed),
+      ci=ci, x=steps,
       y=gap["topk_ef"] / gap["sgd"],
       config=dataclasses.asdict(config) | {"quick": quick},
       elapsed_s=elapsed, x_label="steps T",
       y_label="gap(top-k + EF) / gap(SGD), weighted average",
-      extras={
-          "sub_claims": sub_claims,
-          "mu": mu,
-          "shift": config.dim / config.k if config.shift is None
-                   else config.shift,
-          "steps": steps,
-          "gap_median": {m: np.median(g, axis=0) for m, g in gap.items()},
-          "ratio_median": ratio,
-          "control_ratio_median": figures["control_ratio"],
-          "last_iterate_ratio_median": np.median(
-              last["topk_ef"] / last["sgd"], axis=0),
-          "first_step_within_tolerance": (
-              float(steps[below[0]]) if below.size else None),
-          "slopes": {m: f.slope for m, f in fits.items()},
-      })
+      sub_claims=sub_claims,
+      extras=extras, details=ratio_table(extras))
 
 
-def sub_claims_table(result: harness.CheckResult) -> str:
-  """The sub-claims and the ratio curve as readable text."""
-  lines = []
-  for c in result.extras["sub_claims"]:
-    lines.append(f"{harness.sub_claim_line(c)} [{c['measured']}]")
-  extras = result.extras
-  lines.append(f"{'T':>8} {'gap SGD':>10} {'EF/SGD':>8} {'noEF/SGD':>9}")
+def ratio_table(extras: dict) -> str:
+  """The gaps and ratios at every checkpoint, as text.
+
+  Args:
+    extras: the result's ``extras``.
+
+  Returns:
+    One line per checkpoint T: SGD's median gap and the median ratios of
+    top-k with and without error feedback to it.
+  """
+  lines = [f"{'T':>8} {'gap SGD':>10} {'EF/SGD':>8} {'noEF/SGD':>9}"]
   for j, t in enumerate(extras["steps"]):
     lines.append(f"{int(t):>8} {extras['gap_median']['sgd'][j]:>10.3e} "
                  f"{extras['ratio_median'][j]:>8.3f} "
@@ -391,7 +418,7 @@ def sub_claims_table(result: harness.CheckResult) -> str:
 
 def main(argv=None):
   """``python -m distoptax.theory_checks.topk_error_feedback [--quick]``."""
-  harness.run_check_main(run, argv, describe=sub_claims_table)
+  harness.run_check_main(run, argv)
 
 
 if __name__ == "__main__":
