@@ -460,7 +460,7 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
     return loss, None if data.is_regression else acc
 
   pending = []
-  t0 = time.perf_counter()
+  t0 = t_first = time.perf_counter()
 
   def flush(step: int) -> dict[str, Any]:
     nonlocal simulated, pending
@@ -496,7 +496,8 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
     }
     if primary:
       metrics_io.append(workdir, [row])
-    rate = (step - start) / seconds
+    # Steps per second after the first step (which compiles).
+    rate = (step - start - 1) / max(time.perf_counter() - t_first, 1e-9)
     acc_text = "" if test_acc is None else f" test_acc {test_acc:.4f}"
     selection = (f" any_byzantine_selected "
                  f"{row['any_byzantine_selected_fraction']:.2f}"
@@ -507,7 +508,7 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
              f" simulated {simulated:.2f} s{selection}"
              f" | {rate:.1f} steps/s, elapsed "
              f"{_duration(row['elapsed_seconds'])}, left "
-             f"{_duration((config.steps - step) / rate)}")
+             f"{_duration((config.steps - step) / rate) if rate else '?'}")
     return row
 
   def save(step: int, row: dict[str, Any]) -> None:
@@ -541,8 +542,9 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
     done = t + 1
     if t == start:
       jax.block_until_ready(metrics)
-      progress(f"step {done}/{config.steps} ran in "
-               f"{time.perf_counter() - t0:.1f} s (compilation included)")
+      t_first = time.perf_counter()
+      progress(f"step {done}/{config.steps} ran in {t_first - t0:.1f} s "
+               "(compilation included)")
     if on_step is not None:
       on_step(done, config.steps)
     if done % config.log_every == 0 or done == config.steps:

@@ -1,15 +1,23 @@
-"""Two processes (2 CPU devices each, gloo collectives) equal the simulation."""
+"""Two processes (2 CPU devices each, gloo collectives): the runtime equals
+the simulation, and the launcher checkpoints and resumes across them."""
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
 from distoptax import algorithms as alg
 from distoptax import distributed as dist
+from distoptax.experiments import checkpoint
+from distoptax.experiments import metrics_io
 
 NUM_WORKERS = 8
 NUM_STEPS = 5
@@ -51,3 +59,74 @@ def test_two_processes_equal_simulation(tmp_path):
   assert multi.shape == simulated.shape == (NUM_WORKERS, 3)
   np.testing.assert_allclose(multi, simulated, rtol=1e-6, atol=1e-7)
   np.testing.assert_array_equal(multi, np.broadcast_to(multi[:1], multi.shape))
+
+
+# The launcher in two processes: an uninterrupted run, and a run killed
+# after a checkpoint and resumed, end with the same parameters.
+_LAUNCHER_CONFIG = [
+    "--config.dataset=digits", "--config.hidden=16", "--config.num_workers=8",
+    "--config.batch_size=8", "--config.learning_rate=0.05",
+    "--config.runtime=mesh", "--config.steps=60", "--config.log_every=10",
+    "--config.checkpoint_every=10"]
+
+
+def _launch(workdir, port: int, *extra: str) -> list[subprocess.Popen]:
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  return [subprocess.Popen(
+      [sys.executable, "-m", "distoptax.experiments.train",
+       f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}", *extra],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+          for i in range(2)]
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[str]:
+  logs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], logs
+  return logs
+
+
+def _final_params(workdir) -> list[np.ndarray]:
+  """The parameters of the latest checkpoint, read as host arrays."""
+  path = os.path.join(workdir, checkpoint.CHECKPOINT_DIR,
+                      str(checkpoint.latest_step(workdir)), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  as_numpy = jax.tree.map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  state = checkpointer.restore(
+      path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+  return [np.asarray(x) for x in jax.tree.leaves(state["params"])]
+
+
+def _rows(workdir):
+  return [{k: v for k, v in r.items() if k != "elapsed_seconds"}
+          for r in metrics_io.read(workdir)]
+
+
+def test_launcher_in_two_processes_resumes_after_a_kill(tmp_path):
+  full, part = tmp_path / "full", tmp_path / "part"
+  logs = _finish(_launch(full, _free_port(), *_LAUNCHER_CONFIG))
+  assert "final test accuracy" in logs[0]
+  assert "final test accuracy" not in logs[1]  # Process 0 reports.
+  assert checkpoint.latest_step(full) == 60
+
+  procs = _launch(part, _free_port(), *_LAUNCHER_CONFIG)
+  deadline = time.monotonic() + 240
+  while (checkpoint.latest_step(part) or 0) < 20:
+    assert time.monotonic() < deadline and all(
+        p.poll() is None for p in procs), "no checkpoint of step 20"
+    time.sleep(0.05)
+  for p in procs:
+    p.send_signal(signal.SIGKILL)
+  for p in procs:
+    p.wait(timeout=60)
+  killed_at = checkpoint.latest_step(part)
+  assert 20 <= killed_at < 60
+
+  logs = _finish(_launch(part, _free_port(), "--resume"))
+  assert f"resumed {part} at step {killed_at}" in logs[0]
+  for a, b in zip(_final_params(full), _final_params(part), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert _rows(part) == _rows(full)
