@@ -249,6 +249,100 @@ def test_worker_norms_do_not_overflow():
   assert norms[2] == np.inf
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Results below the smallest normal float32 are flushed to zero on CPU.
+TINY = float(np.finfo(np.float32).tiny)
+
+
+def extreme_rows():
+  """Finite float32 rows whose norms overflow or underflow when squared.
+
+  Row 0 is the issue's case (1e38: the reciprocal of the largest entry is
+  subnormal, so dividing by it flushes to zero on CPU); the others reach
+  the float32 maximum, 2^126, and 1e-30 (squares flush to zero).
+  """
+  x = np.ones((8, 4), np.float32)
+  x[1] = [1.0, 2.0, 0.5, -1.0]
+  x[2] = 1e38
+  x[3] = [FLOAT32_MAX, -FLOAT32_MAX, FLOAT32_MAX, -FLOAT32_MAX]
+  x[4] = [FLOAT32_MAX, 1.0, 0.0, -3.0]
+  x[5] = 2.0 ** 126
+  x[6] = [1e-30, -2e-30, 0.0, 3e-30]
+  x[7] = [0.0, -FLOAT32_MAX, 1e-30, 0.0]
+  return x
+
+
+def test_static_clipping_clips_rows_near_the_float32_maximum():
+  # The issue's reproduction: before the fix the mean was ~3.3e37.
+  x = np.array([[1, 1], [1, 2], [1e38, 1e38]], np.float32)
+  rule = clipping.static_clipping(1.0)
+  out, _ = jax.jit(rule.update)(jnp.asarray(x), rule.init(None, 3))
+  np.testing.assert_allclose(out, references.ref_clip(x, 1.0).mean(0),
+                             rtol=1e-6)
+  assert np.all(np.abs(np.asarray(out)) < 1.0)
+
+
+@pytest.mark.parametrize("c", [1.0, 1e-32, 1e30])
+def test_clipping_matches_float64_on_extreme_finite_rows(c):
+  x = extreme_rows()
+  clipped = np.asarray(jax.jit(clipping.clip_to_norm)(jnp.asarray(x), c))
+  np.testing.assert_allclose(clipped, references.ref_clip(x, c), rtol=1e-6,
+                             atol=TINY)
+  assert np.all(np.linalg.norm(clipped.astype(np.float64), axis=1)
+                <= c * (1 + 1e-6))
+  out, _ = jax.jit(lambda x, c: clipping.static_clipping(c).update(x, None))(
+      jnp.asarray(x), c)
+  np.testing.assert_allclose(out, references.ref_clip(x, c).mean(0),
+                             rtol=1e-6, atol=TINY)
+  stage = aggregators.preaggregation.static_clipping(c)
+  staged, _ = jax.jit(stage.update)(jnp.asarray(x), stage.init(None, 8))
+  np.testing.assert_array_equal(staged, clipped)
+
+
+@pytest.mark.parametrize("f", [1, 3])
+def test_arc_matches_float64_on_extreme_finite_rows(f):
+  x = extreme_rows()
+  want = references.ref_arc(x, f)
+  clipped = np.asarray(jax.jit(functools.partial(
+      clipping.adaptive_robust_clip, num_byzantine=f))(jnp.asarray(x)))
+  np.testing.assert_allclose(clipped, want, rtol=1e-6, atol=TINY)
+  rule = clipping.adaptive_robust_clipping(f)
+  out, _ = jax.jit(rule.update)(jnp.asarray(x), rule.init(None, 8))
+  np.testing.assert_allclose(out, want.mean(0), rtol=1e-6, atol=TINY)
+  stage = aggregators.preaggregation.adaptive_robust_clipping(f)
+  staged, _ = jax.jit(stage.update)(jnp.asarray(x), stage.init(None, 8))
+  np.testing.assert_array_equal(staged, clipped)
+
+
+def test_centered_clipping_matches_float64_on_extreme_finite_rows():
+  x = extreme_rows()
+  steps = [x, x[::-1].copy(), -x]
+  rule = clipping.centered_clipping(1.0, iterations=2)
+  update = jax.jit(rule.update)
+  state = rule.init(jnp.zeros(4), 8)
+  for step, (xs, want) in enumerate(
+      zip(steps, references.ref_centered_clipping(steps, 1.0, 2))):
+    out, state = update(jnp.asarray(xs), state)
+    np.testing.assert_allclose(out, want, rtol=2e-6, atol=1e-7,
+                               err_msg=f"step {step}")
+
+
+def test_worker_norms_neither_overflow_nor_underflow():
+  x = extreme_rows()
+  want = np.linalg.norm(x.astype(np.float64), axis=1)
+  got = np.asarray(jax.jit(clipping.worker_norms)(jnp.asarray(x)))
+  fits = want <= FLOAT32_MAX
+  np.testing.assert_allclose(got[fits], want[fits], rtol=1e-6, atol=0)
+  # A norm beyond the float32 range (row 3: 2 * max) is +inf, as documented.
+  assert not fits[3] and got[3] == np.inf
+  # Around a centre: the differences are the extreme rows.
+  centre = np.full(4, 1.0, np.float32)
+  got = np.asarray(jax.jit(clipping.worker_norms)(
+      jnp.asarray(x + centre), jnp.asarray(centre)))
+  want = np.linalg.norm((x + centre).astype(np.float64) - centre, axis=1)
+  np.testing.assert_allclose(got[fits], want[fits], rtol=1e-6, atol=0)
+
+
 def test_clipping_argument_validation():
   with pytest.raises(ValueError, match=r"max_norm > 0; got max_norm=0"):
     clipping.static_clipping(0)
@@ -307,3 +401,19 @@ def test_low_precision_leaves_keep_their_dtype():
     assert out["a"].dtype == jnp.bfloat16 and out["b"].dtype == jnp.float16
     assert out["a"].shape == (6,) and np.all(np.isfinite(
         np.asarray(out["a"], np.float32)))
+
+
+def test_low_precision_leaves_with_huge_rows_are_clipped():
+  # bfloat16 reaches about the float32 maximum: the stepwise path (factors
+  # below the normal range) keeps each leaf's dtype too.
+  x = np.ones((5, 3), np.float32)
+  x[4] = 3e38
+  tree = {"a": jnp.asarray(x, jnp.bfloat16)}
+  want = references.ref_clip(np.asarray(tree["a"], np.float32), 1.0).mean(0)
+  params = jax.tree.map(lambda l: l[0], tree)
+  for rule in (clipping.static_clipping(1.0),
+               clipping.centered_clipping(1.0)):
+    out, _ = jax.jit(rule.update)(tree, rule.init(params, 5))
+    assert out["a"].dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out["a"], np.float32), want,
+                               rtol=1e-2)
