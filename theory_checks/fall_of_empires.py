@@ -293,7 +293,9 @@ def run_rule(name: str, config: Config, data: datasets.Dataset,
 
     def step(state, idx):
       state, _ = runtime.step(state, (x_train[idx], y_train[idx]))
-      selected = getattr(dist.worker_slice(state.opt_state[1].rule_state),
+      # The rule's state is replicated: worker_slice of the aggregate's
+      # state returns it as it is.
+      selected = getattr(dist.worker_slice(state.opt_state[1]).rule_state,
                          "selected", None)
       share = (jnp.nan if selected is None
                else jnp.sum(selected[:q]) / jnp.sum(selected))
