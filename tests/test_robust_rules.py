@@ -11,9 +11,10 @@ it. A pre-aggregation is tested composed with the rule named in its row.
 Where a property does not hold by design, the row says why and the test
 asserts the documented behaviour instead: the mean propagates non-finite
 inputs and has no bound against finite ones (every other row names the
-bound it meets with F Byzantine rows up to the float32 maximum); bucketing shuffles the workers; Bulyan, MDA and Byzantine SGD break
-exact ties by worker index; sums over workers are permutation invariant
-only to rounding.
+bound it meets with F Byzantine rows up to the float32 maximum);
+bucketing shuffles the workers; Bulyan, MDA and Byzantine SGD break exact
+ties by worker index; sums over workers are permutation invariant only to
+rounding.
 
 References: most come from ``tests/references.py``, each written from its
 paper and shared with the per-rule test files (median, trimmed mean,
