@@ -21,7 +21,13 @@ from distoptax.worker_axis.replication import replicated
 from distoptax.worker_axis.replication import replicated_fields
 from distoptax.worker_axis.replication import ReplicatedState
 from distoptax.worker_axis.replication import replication_mask
+from distoptax.distributed.comm_stats import clock_rounds
 from distoptax.distributed.comm_stats import CommStats
+from distoptax.distributed.comm_stats import KINDS
+from distoptax.distributed.comm_stats import RoundRecord
+from distoptax.distributed.communication import exchange
+from distoptax.distributed.communication import Rounds
+from distoptax.distributed.communication import transform_key
 from distoptax.distributed.comm_stats import find_comm_stats
 from distoptax.distributed.comm_stats import total_bytes
 from distoptax.distributed.comm_stats import total_coded_bytes
@@ -31,6 +37,7 @@ from distoptax.distributed.runtime import data_parallel
 from distoptax.distributed.runtime import on_mesh
 from distoptax.distributed.runtime import Runtime
 from distoptax.distributed.runtime import simulate
+from distoptax.distributed.runtime import SyncTrainState
 from distoptax.distributed.runtime import TrainState
 from distoptax.distributed.runtime import worker_slice
 from distoptax.distributed.runtime import WorkerStep
@@ -75,6 +82,7 @@ __all__ = [
     "ExponentialDelay",
     "HierarchicalTopology",
     "InjectedDelay",
+    "KINDS",
     "LogNormalDelay",
     "NORMALIZERS",
     "NoStragglers",
@@ -84,6 +92,8 @@ __all__ = [
     "PowerSGDState",
     "RingTopology",
     "Round",
+    "RoundRecord",
+    "Rounds",
     "Runtime",
     "STRAGGLERS",
     "StepTime",
@@ -91,6 +101,7 @@ __all__ = [
     "SystemModel",
     "TOPOLOGIES",
     "Topology",
+    "SyncTrainState",
     "TrainState",
     "TreeTopology",
     "WORKERS",
@@ -98,9 +109,11 @@ __all__ = [
     "aggregate",
     "all_gather",
     "async_schedule",
+    "clock_rounds",
     "data_parallel",
     "deadline_schedule",
     "drop_schedule",
+    "exchange",
     "find_comm_stats",
     "find_selected",
     "local_axis_name",
@@ -121,6 +134,7 @@ __all__ = [
     "simulate",
     "total_bytes",
     "total_coded_bytes",
+    "transform_key",
     "worker_axes",
     "worker_index",
     "worker_slice",

@@ -21,13 +21,10 @@ axis under ``simulate`` (``vmap`` with ``in_axes=None``) and once per device
 under ``on_mesh`` (``PartitionSpec()``). A condition on them is the same for
 every worker, so ``lax.cond`` on it stays a conditional and a collective in
 the branch not taken does not run. If a step makes a replicated leaf depend
-on per-worker data, the runtime raises a ``ValueError`` naming the leaf when
-it traces the step (under ``on_mesh`` with several workers per device, only
-a dependence within a device is caught at trace time; ``simulate`` catches
-every one, see ``third_party_notes/runtime.md``).
+on per-worker data, both runtimes raise a ``ValueError`` naming the leaf
+when they trace the step.
 """
 
-import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -58,6 +55,16 @@ class TrainState(NamedTuple):
   opt_state: optax.OptState
 
 
+@replication.replicated_fields("step", "params")
+class SyncTrainState(TrainState):
+  """A :class:`TrainState` whose parameters are replicated (held once).
+
+  What :func:`data_parallel` builds with ``replicated_params=True``: every
+  worker applies the same aggregated update, so the model is stored once,
+  and rules that read ``params`` (Zeno, Byzantine SGD) see one model.
+  """
+
+
 class WorkerStep(NamedTuple):
   """A per-worker step and how to initialise its state.
 
@@ -82,6 +89,7 @@ def data_parallel(
     axis_name: str = collectives.WORKERS,
     extra_args: Callable[[TrainState], dict[str, Any]] | None = None,
     gradient_at: Callable[[TrainState], optax.Params] | None = None,
+    replicated_params: bool = False,
 ) -> WorkerStep:
   """Builds the per-worker data-parallel train step.
 
@@ -105,6 +113,12 @@ def data_parallel(
       methods whose gradient is evaluated at another model than the one
       updated: a stale snapshot or a server model held in ``tx``'s state
       (asynchronous SGD, FedAsync), a look-ahead point.
+    replicated_params: hold the parameters once (a :class:`SyncTrainState`)
+      instead of once per worker. Right for synchronous data parallelism,
+      where ``tx`` ends with updates that are the same on every worker
+      (after ``aggregate``), and needed by rules whose state depends on
+      ``params`` (Zeno, Byzantine SGD); the runtime refuses it when the
+      updates differ across workers (local SGD keeps per-worker models).
 
   Returns:
     A :class:`WorkerStep`. Its metrics are this worker's ``loss``, the bytes
@@ -127,9 +141,10 @@ def data_parallel(
     (4,)
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
+  state_type = SyncTrainState if replicated_params else TrainState
 
   def init(params: optax.Params) -> TrainState:
-    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    return state_type(jnp.zeros((), jnp.int32), params, tx.init(params))
 
   def update(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     at = state.params if gradient_at is None else gradient_at(state)
@@ -149,7 +164,7 @@ def data_parallel(
     selected = find_selected(opt_state)
     if selected is not None:
       metrics["selected"] = selected
-    return TrainState(state.step + 1, params, opt_state), metrics
+    return state_type(state.step + 1, params, opt_state), metrics
 
   return WorkerStep(init, update, axis_name)
 
@@ -215,15 +230,15 @@ _REPLICATION_HINT = (
 
 def _broke_replication(error: Exception) -> bool:
   text = str(error)
-  return any(s in text for s in ("got axis spec None", "out_axes is None",
-                                 "require replication", "varying"))
+  return "got axis spec None" in text or "out_axes is None" in text
 
 
 def _vmap_workers(fn, args, in_axes, out_axes, what: str, **vmap_kwargs):
   """``jax.vmap(fn)(*args)``; names the leaves that broke replication.
 
   ``vmap`` refuses an output whose ``out_axes`` is ``None`` (a replicated
-  leaf) when it depends on the mapped inputs.
+  leaf) when it depends on the mapped inputs, without always saying which
+  one; on that error each replicated output is traced alone to name it.
   """
   try:
     return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes,
@@ -231,9 +246,22 @@ def _vmap_workers(fn, args, in_axes, out_axes, what: str, **vmap_kwargs):
   except ValueError as e:
     if not _broke_replication(e):
       raise
+    flat = jax.tree_util.tree_flatten_with_path(
+        out_axes, is_leaf=lambda a: a is None)[0]
+    offending = []
+    for i, (path, axis) in enumerate(flat):
+      if axis is not None:
+        continue
+      def one(*a, i=i):
+        return jax.tree.leaves(fn(*a))[i]
+      try:
+        jax.eval_shape(jax.vmap(one, in_axes=in_axes, out_axes=None,
+                                **vmap_kwargs), *args)
+      except ValueError:
+        offending.append(jax.tree_util.keystr(path))
     raise ValueError(
-        f"{what}: state declared replicated depends on per-worker data "
-        f"({e}). {_REPLICATION_HINT}") from e
+        f"{what}: state declared replicated depends on per-worker data: "
+        f"{', '.join(offending)}. {_REPLICATION_HINT}") from None
 
 
 def _init_fn(step: WorkerStep, num_workers: int):
@@ -250,6 +278,17 @@ def _init_fn(step: WorkerStep, num_workers: int):
                          "init", **kwargs)
 
   return init, axes_of
+
+
+def _mapped_update(step: WorkerStep, axis_name: str):
+  """``step.update`` mapped over ``axis_name``, replicated leaves unmapped."""
+
+  def mapped(state, batch):
+    axes = replication.worker_axes_tree(state)
+    return _vmap_workers(step.update, (state, batch), (axes, 0), (axes, 0),
+                         "step", axis_name=axis_name)
+
+  return mapped
 
 
 def simulate(step: WorkerStep, num_workers: int) -> Runtime:
@@ -269,12 +308,7 @@ def simulate(step: WorkerStep, num_workers: int) -> Runtime:
   """
   _check_num_workers(num_workers)
   init_all, _ = _init_fn(step, num_workers)
-
-  def mapped(state, batch):
-    axes = replication.worker_axes_tree(state)
-    return _vmap_workers(step.update, (state, batch), (axes, 0), (axes, 0),
-                         "step", axis_name=step.axis_name)
-
+  mapped = _mapped_update(step, step.axis_name)
   jitted = jax.jit(mapped, donate_argnums=0)
 
   def init(params: optax.Params) -> TrainState:
@@ -304,10 +338,10 @@ def on_mesh(step: WorkerStep, mesh: jax.sharding.Mesh,
   of ``distoptax.worker_axis`` span both axes. Replicated state is held once
   per device (``PartitionSpec()``).
 
-  With one worker per device there is no inner ``vmap`` and ``shard_map``
-  checks replication itself (``check_vma=True``). With several, JAX's
-  varying-manual-axes check cannot follow collectives over the inner
-  ``vmap`` axis, so it is off (``third_party_notes/runtime.md``).
+  JAX's own replication check (``check_vma``) is off: it cannot follow
+  collectives over the inner ``vmap`` axis (``third_party_notes/runtime.md``).
+  Instead the step is first traced as :func:`simulate` maps it (shapes
+  only), which refuses a replicated leaf that depends on per-worker data.
 
   Args:
     step: from :func:`data_parallel` (or any :class:`WorkerStep`).
@@ -339,39 +373,18 @@ def on_mesh(step: WorkerStep, mesh: jax.sharding.Mesh,
   mesh = jax.sharding.Mesh(mesh.devices, mesh.axis_names,
                            axis_types=(jax.sharding.AxisType.Auto,))
   spec = jax.sharding.PartitionSpec(axis)
-  per_device = num_workers // num_devices
-
-  def local(axes, state, batch):
-    if per_device > 1:
-      return _vmap_workers(step.update, (state, batch), (axes, 0), (axes, 0),
-                           "step", axis_name=collectives.local_axis_name(axis))
-    # One worker per device: no inner vmap, so that shard_map's own check
-    # (check_vma) follows which values are replicated.
-    def squeeze(a, x):
-      return x if a is None else x[0]
-
-    def expand(a, x):
-      return x if a is None else x[None]
-
-    is_none = lambda a: a is None
-    state = jax.tree.map(squeeze, axes, state, is_leaf=is_none)
-    state, metrics = step.update(state, jax.tree.map(lambda x: x[0], batch))
-    state = jax.tree.map(expand, axes, state, is_leaf=is_none)
-    return state, jax.tree.map(lambda x: jnp.asarray(x)[None], metrics)
+  local = _mapped_update(step, collectives.local_axis_name(axis))
+  check_replication = _mapped_update(step, axis)
 
   def mapped(state, batch):
-    axes = replication.worker_axes_tree(state)
+    # The same step as ``simulate`` runs it, traced only: it refuses a
+    # replicated leaf that depends on any worker's data, which the mesh
+    # program (check_vma off) would not notice across devices.
+    jax.eval_shape(check_replication, state, batch)
     specs = replication.worker_axes_tree(state, spec)
-    try:
-      return jax.shard_map(functools.partial(local, axes), mesh=mesh,
-                           in_specs=(specs, spec), out_specs=(specs, spec),
-                           check_vma=per_device == 1)(state, batch)
-    except ValueError as e:
-      if per_device > 1 or not _broke_replication(e):
-        raise
-      raise ValueError(
-          f"step: state declared replicated depends on per-worker data "
-          f"({e}). {_REPLICATION_HINT}") from e
+    return jax.shard_map(local, mesh=mesh, in_specs=(specs, spec),
+                         out_specs=(specs, spec), check_vma=False)(
+                             state, batch)
 
   jitted = jax.jit(mapped, donate_argnums=0)
   init_all, axes_of = _init_fn(step, num_workers)
