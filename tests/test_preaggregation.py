@@ -197,3 +197,72 @@ def test_downstream_precondition_is_checked_on_the_bucket_count():
     pre.bucketing(0)
   with pytest.raises(ValueError, match=r"PreAggregation stages"):
     pre.pre_aggregated([aggregators.krum(1)], aggregators.krum(1))
+
+
+# ------------------------------------------------- extreme Byzantine rows
+FLOAT32_MAX = np.finfo(np.float32).max
+TINY = float(np.finfo(np.float32).tiny)  # CPU flushes results below it.
+N, F, D = 11, 2, 8
+STAGE_ARGS = {"adaptive_robust_clipping": (F,), "bucketing": (2,),
+              "nearest_neighbor_mixing": (F,), "static_clipping": (1.5,)}
+# What each clipping stage must return exactly (float64 references).
+CLIPPING_REFERENCES = {
+    "adaptive_robust_clipping": lambda x: references.ref_arc(x, F),
+    "static_clipping": lambda x: references.ref_clip(x, 1.5),
+}
+
+
+def extreme_stack(rng, kind):
+  """Honest Gaussian rows, F Byzantine rows of ``kind`` at random places."""
+  x = rng.normal(size=(N, D)).astype(np.float32)
+  rows = rng.choice(N, F, replace=False)
+  signs = rng.choice([-1.0, 1.0], size=(F, D)).astype(np.float32)
+  values = {"nan": np.full((F, D), np.nan, np.float32),
+            "inf": np.inf * signs,
+            "max": FLOAT32_MAX * signs,
+            "1e38": np.full((F, D), 1e38, np.float32),
+            "2^126": np.float32(2.0 ** 126) * signs,
+            "1e20": np.float32(1e20) * signs}
+  if kind == "one_max":
+    x[rows, rng.integers(D)] = FLOAT32_MAX
+  else:
+    x[rows] = values[kind]
+  return x, rows
+
+
+def test_every_preaggregation_has_stage_arguments():
+  assert sorted(STAGE_ARGS) == sorted(aggregators.PREAGGREGATORS)
+
+
+@pytest.mark.parametrize("name", sorted(aggregators.PREAGGREGATORS))
+def test_stage_confines_extreme_byzantine_rows(name):
+  """F rows of NaN, inf or finite values up to the float32 maximum.
+
+  Every stage leaves at least ``num_outputs - F`` finite rows inside the
+  honest rows' per-coordinate range widened to include 0 (clipping scales
+  towards 0; a bucket or a neighbourhood without a Byzantine row averages
+  honest rows). The clipping stages must moreover return their float64
+  reference exactly, every row within the threshold: a row they fail to
+  clip is one of the F allowed outliers above, but not here.
+  """
+  stage = aggregators.PREAGGREGATORS[name](*STAGE_ARGS[name])
+  update = jax.jit(stage.update)
+  rng = np.random.default_rng(12)
+  outputs = stage.num_outputs(N)
+  for kind in ("nan", "inf", "max", "1e38", "2^126", "one_max", "1e20"):
+    for trial in range(3):
+      x, rows = extreme_stack(rng, kind)
+      out, _ = update(jnp.asarray(x), stage.init(None, N))
+      out = np.asarray(out, np.float64)
+      msg = f"{name}, {kind} #{trial}: Byzantine rows {rows}"
+      assert out.shape == (outputs, D), msg
+      honest = np.delete(x, rows, axis=0).astype(np.float64)
+      low = np.minimum(honest.min(0), 0) - 1e-6
+      high = np.maximum(honest.max(0), 0) + 1e-6
+      inside = np.all((out >= low) & (out <= high), axis=1)
+      assert inside.sum() >= outputs - F, f"{msg}: rows inside {inside}"
+      if name in CLIPPING_REFERENCES:
+        with np.errstate(invalid="ignore"):  # inf * 0, then set to 0.
+          want = CLIPPING_REFERENCES[name](x)
+        np.testing.assert_allclose(out, want, rtol=1e-6, atol=TINY,
+                                   err_msg=msg)
