@@ -4,14 +4,17 @@ from typing import Any, NamedTuple
 
 import chex
 import jax
-import jax.numpy as jnp
 import optax
 
 from distoptax.algorithms import aggregators
 from distoptax.algorithms import compressors
-from distoptax.worker_axis import collectives
 from distoptax.distributed import comm_stats
+from distoptax.distributed import communication
+from distoptax.worker_axis import collectives
 from distoptax.worker_axis import replication
+
+KEY_NAME = "distoptax.distributed.aggregate"
+"""Salt of :func:`aggregate`'s key stream (``communication.transform_key``)."""
 
 
 @replication.replicated_fields('rule_state', 'key')
@@ -20,9 +23,11 @@ class AggregateState(NamedTuple):
 
   Attributes:
     rule_state: the aggregation rule's own state (replicated on all workers).
-    key: the shared PRNG key, split every step; each worker's compression
-      key is ``fold_in(step_key, worker_index)`` (or ``step_key`` itself for
-      a compressor with ``shared_key``).
+    key: the shared PRNG key data, split every step; each worker's
+      compression key is ``fold_in(step_key, worker_index)`` (or
+      ``step_key`` itself for a compressor with ``shared_key``). At
+      ``init``: ``communication.transform_key(seed, KEY_NAME)``, a stream of
+      its own (another transform with the same seed draws other keys).
     comm: bytes this worker handed to collectives (see ``CommStats``).
     error: this worker's error-feedback memory (like the updates, float32
       or wider), or ``()`` without error feedback. It differs across
@@ -86,13 +91,17 @@ def aggregate(
     error_feedback: keep a per-worker error memory (see above) so that a
       biased compressor (top-k, sign) still converges.
     axis_name: the logical worker axis.
-    seed: seed of the shared key from which per-worker compression keys are
-      derived.
+    seed: seed of the transform's key stream, from which the per-worker
+      compression keys are derived; salted with :data:`KEY_NAME`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is an
     :class:`AggregateState`. Extra arguments are passed to the rule, which
     ignores those it does not use.
+
+  Raises:
+    TypeError: if ``compressor`` is not a ``Compressor`` (``dist.powersgd``
+      in particular goes in the chain, not here).
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -106,20 +115,27 @@ def aggregate(
     Array([[-0.2],
            [-0.2]], dtype=float32)
   """
-  compressor = compressors.identity() if compressor is None else compressor
-  use_all_reduce = rule.is_mean and compressor.summable
+  if compressor is None:
+    compressor = compressors.identity()
+  elif not isinstance(compressor, compressors.Compressor):
+    if isinstance(compressor, optax.GradientTransformation):
+      raise TypeError(
+          "aggregate(compressor=...) takes a Compressor (e.g. "
+          "alg.compressors.qsgd(...)); got an optax GradientTransformation. "
+          "dist.powersgd is not a compressor but a communicating "
+          "transformation of its own: put it in the optax.chain instead of "
+          "dist.aggregate(alg.aggregators.mean()), e.g. "
+          "optax.chain(dist.powersgd(rank=1), optax.sgd(0.1))")
+    raise TypeError(
+        f"aggregate(compressor=...) takes a Compressor (e.g. "
+        f"alg.compressors.qsgd(...)) or None; got {compressor!r}")
 
   def init_fn(params: optax.Params) -> AggregateState:
-    error = ()
-    if error_feedback:
-      error = jax.tree.map(
-          lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype,
-                                                         jnp.float32)),
-          params)
+    error = communication.init_memory(params) if error_feedback else ()
     return AggregateState(
         rule_state=rule.init(params, collectives.num_workers(axis_name)),
-        key=jax.random.key_data(jax.random.key(seed)),
-        comm=comm_stats.init_comm_stats(),
+        key=communication.transform_key(seed, KEY_NAME),
+        comm=comm_stats.init_comm_stats(capacity=1),
         error=error)
 
   def update_fn(
@@ -128,42 +144,16 @@ def aggregate(
       params: optax.Params | None = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, AggregateState]:
-    key, next_key = jax.random.split(jax.random.wrap_key_data(state.key))
-    if compressor.shared_key:
-      worker_key = key
-    else:
-      worker_key = jax.random.fold_in(key,
-                                      collectives.worker_index(axis_name))
-    error = state.error
-    if error_feedback:
-      compensated = jax.tree.map(lambda u, e: e + u, updates, error)
-      message = compressor.encode(worker_key, compensated)
-      error = jax.tree.map(lambda p, d: p - d.astype(p.dtype), compensated,
-                           compressor.decode(message))
-    else:
-      message = compressor.encode(worker_key, updates)
-    message_bytes = comm_stats.tree_bytes(message)
-    coded_bytes = None
-    if compressor.coded_bits is not None:
-      coded_bytes = (compressor.coded_bits(message) + 7) // 8
-    if use_all_reduce:
-      total = compressor.decode(collectives.psum(message, axis_name))
-      n = collectives.num_workers(axis_name)
-      aggregated = jax.tree.map(lambda s: s / n, total)
-      rule_state = state.rule_state
-      comm = comm_stats.record(state.comm, all_reduce_bytes=message_bytes,
-                               coded_bytes=coded_bytes)
-    else:
-      stacked = jax.vmap(compressor.decode)(
-          collectives.all_gather(message, axis_name))
-      aggregated, rule_state = rule.update(
-          stacked, state.rule_state, params, **extra_args)
-      comm = comm_stats.record(state.comm, all_gather_bytes=message_bytes,
-                               coded_bytes=coded_bytes)
-    aggregated = jax.tree.map(
-        lambda a, u: a.astype(u.dtype), aggregated, updates)
-    return aggregated, AggregateState(
-        rule_state, jax.random.key_data(next_key), comm, error)
+    key, next_key = communication.step_keys(state.key)
+    rounds = communication.Rounds(state.comm, axis_name)
+    out = communication.exchange(
+        rounds, updates, compressor=compressor, rule=rule,
+        rule_state=state.rule_state, key=key,
+        memory=state.error if error_feedback else None, params=params,
+        axis_name=axis_name, **extra_args)
+    error = out.memory if error_feedback else ()
+    return out.aggregate, AggregateState(out.rule_state, next_key,
+                                         rounds.finish(), error)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

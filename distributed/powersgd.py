@@ -5,7 +5,10 @@ a one-shot ``encode``/``decode`` compressor: its two factors are all-reduced
 one after the other with an orthogonalization in between, and its projection
 ``Q`` is replicated state carried from step to step. So it is a
 communicating transformation of its own that replaces
-``aggregate(aggregators.mean())``. The conventions follow PyTorch's
+``aggregate(aggregators.mean())`` in an ``optax.chain`` (passing it as
+``aggregate(compressor=...)`` raises a ``TypeError``). Its rounds, error
+memory and byte accounting are those of ``distributed.communication``. The
+conventions follow PyTorch's
 ``powerSGD_hook`` (``torch/distributed/algorithms/ddp_comm_hooks``); where
 they differ from the paper or from the hook, ``third_party_notes/powersgd.md``
 says how and why.
@@ -15,12 +18,12 @@ import math
 from typing import Any, NamedTuple
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import optax
 
-from distoptax.worker_axis import collectives
 from distoptax.distributed import comm_stats
+from distoptax.distributed import communication
+from distoptax.worker_axis import collectives
 from distoptax.worker_axis import replication
 
 ERROR_CONVENTIONS = ("aggregate", "local")
@@ -50,7 +53,9 @@ class PowerSGDState(NamedTuple):
     step: number of updates so far (int32 scalar), replicated; it selects
       the uncompressed warm-up (``start_iter``) and seeds the cold-start
       draws.
-    comm: bytes this worker handed to all-reduce (see ``CommStats``).
+    comm: bytes this worker handed to all-reduce (see ``CommStats``); its
+      ``rounds`` record the P round and the Q round (one plain round during
+      the ``start_iter`` warm-up).
   """
 
   q: optax.Updates
@@ -123,9 +128,19 @@ def _compute_dtype(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
+KEY_NAME = "distoptax.distributed.powersgd"
+"""Salt of :func:`powersgd`'s key stream (``communication.transform_key``)."""
+
+
 def _draw_qs(seed: int, step, plans, dtypes) -> list[Any]:
-  """Standard-normal ``[n_cols, r]`` factors from the shared seed and step."""
-  key = jax.random.fold_in(jax.random.key(seed), step)
+  """Standard-normal ``[n_cols, r]`` factors from the shared seed and step.
+
+  The key is ``fold_in(transform_key(seed, KEY_NAME), step)``, then
+  ``fold_in(., leaf_index)``: the same on every worker, a stream no other
+  transform with the same seed draws from.
+  """
+  key = jax.random.fold_in(jax.random.wrap_key_data(
+      communication.transform_key(seed, KEY_NAME)), step)
   return [optax.MaskedNode() if plan is None else jax.random.normal(
       jax.random.fold_in(key, i), (plan.n_cols, plan.rank),
       _compute_dtype(dtype))
@@ -205,9 +220,9 @@ def powersgd(
       updates (PyTorch's ``start_powerSGD_iter``; it suggests ~10% of the
       steps, after the learning-rate warm-up), leaving ``q`` and ``error``
       untouched. The predicate is the replicated step counter, so every
-      worker takes the same branch; where the runtime ``vmap``s the state
-      (``simulate``, and within a device ``on_mesh``) XLA computes both
-      branches, and ``CommStats`` counts the branch taken. 0 (default)
+      worker takes the same branch: under the runtimes (which hold ``step``
+      once) the branch not taken does not run, and ``comm.rounds`` records
+      one all-reduce in the warm-up and two after it. 0 (default)
       compresses from the first step: JAX has no DDP bucket rebuild, so
       PyTorch's ``> 1`` rule does not apply.
     warm_start: reuse last step's :math:`\bar Q` (see above).
@@ -222,7 +237,8 @@ def powersgd(
       fan-in). ``"first_dim"``: :math:`d_0 \times d_1 \cdots d_k`, PyTorch's
       ``view(d_0, -1)`` applied to the array as given (for PyTorch layouts
       ``(out, in, h, w)``).
-    seed: seed of the shared draws of :math:`Q`.
+    seed: seed of the shared draws of :math:`Q`, salted with
+      :data:`KEY_NAME` (``communication.transform_key``).
     axis_name: the logical worker axis.
 
   Returns:
@@ -302,12 +318,12 @@ def powersgd(
     q = treedef.unflatten(_draw_qs(seed, 0, plans, dtypes))
     error = ()
     if error_feedback:
-      error = treedef.unflatten([
-          optax.MaskedNode() if plan is None else jnp.zeros(
-              (plan.n_rows, plan.n_cols), _compute_dtype(dtype))
-          for plan, dtype in zip(plans, dtypes)])
+      error = communication.init_memory(treedef.unflatten([
+          optax.MaskedNode() if plan is None else jax.ShapeDtypeStruct(
+              (plan.n_rows, plan.n_cols), dtype)
+          for plan, dtype in zip(plans, dtypes)]))
     return PowerSGDState(q=q, error=error, step=jnp.zeros((), jnp.int32),
-                         comm=comm_stats.init_comm_stats())
+                         comm=comm_stats.init_comm_stats(capacity=2))
 
   def update_fn(
       updates: optax.Updates,
@@ -322,28 +338,26 @@ def powersgd(
     qs = treedef.flatten_up_to(state.q)
     errors = (treedef.flatten_up_to(state.error) if error_feedback
               else [None] * len(leaves))
+    rounds = communication.Rounds(state.comm, axis_name)
 
-    def plain(_):
-      summed = collectives.psum(leaves, axis_name)
+    def plain():
+      summed = rounds.all_reduce(leaves)
       out = [(s / num).astype(x.dtype) for s, x in zip(summed, leaves)]
-      comm = comm_stats.record(
-          state.comm, all_reduce_bytes=comm_stats.tree_bytes(leaves))
-      return out, state.q, state.error, comm
+      return out, state.q, state.error
 
-    def compressed(_):
+    def compressed():
       ms, ps = [], []
       for x, plan, q, e in zip(leaves, plans, qs, errors):
         if plan is None:
           continue
         m = _to_matrix(x, matrix_view).astype(_compute_dtype(x.dtype))
         if error_feedback:
-          m = m + e
+          m = communication.compensate(m, e)
         ms.append(m)
         ps.append((m @ _orthogonalize(q)).astype(x.dtype))
       plain_leaves = [x for x, plan in zip(leaves, plans) if plan is None]
       # Round 1: the P factors and the uncompressed leaves.
-      sent = comm_stats.tree_bytes((ps, plain_leaves))
-      ps_sum, plain_sum = collectives.psum((ps, plain_leaves), axis_name)
+      ps_sum, plain_sum = rounds.all_reduce((ps, plain_leaves))
       p_hats = [_orthogonalize(p.astype(m.dtype) / num)
                 for p, m in zip(ps_sum, ms)]
       # Round 2: the Q factors.
@@ -351,14 +365,14 @@ def powersgd(
                      if plan is not None]
       local_qs = [m.T @ p for m, p in zip(ms, p_hats)]
       q_wire = [q.astype(d) for q, d in zip(local_qs, wire_dtypes)]
-      sent += comm_stats.tree_bytes(q_wire)
-      q_means = [q.astype(m.dtype) / num for q, m in
-                 zip(collectives.psum(q_wire, axis_name), ms)]
+      q_means = [q.astype(m.dtype) / num
+                 for q, m in zip(rounds.all_reduce(q_wire), ms)]
       m_hats = [p @ q.T for p, q in zip(p_hats, q_means)]
       if error_against == "aggregate":
-        new_errors = [m - m_hat for m, m_hat in zip(ms, m_hats)]
+        new_errors = communication.residual(ms, m_hats)
       else:
-        new_errors = [m - p @ q.T for m, p, q in zip(ms, p_hats, local_qs)]
+        new_errors = communication.residual(
+            ms, [p @ q.T for p, q in zip(p_hats, local_qs)])
 
       if warm_start:
         next_qs = iter(q_means)
@@ -380,15 +394,13 @@ def powersgd(
           q_out.append(next(next_qs))
           e_out.append(next(errors_it))
       error = treedef.unflatten(e_out) if error_feedback else ()
-      comm = comm_stats.record(state.comm, all_reduce_bytes=sent)
-      return out, treedef.unflatten(q_out), error, comm
+      return out, treedef.unflatten(q_out), error
 
     if start_iter == 0:
-      out, q, error, comm = compressed(None)
+      out, q, error = compressed()
     else:
-      out, q, error, comm = lax.cond(state.step < start_iter, plain,
-                                     compressed, None)
+      out, q, error = rounds.cond(state.step < start_iter, plain, compressed)
     return treedef.unflatten(out), PowerSGDState(
-        q=q, error=error, step=state.step + 1, comm=comm)
+        q=q, error=error, step=state.step + 1, comm=rounds.finish())
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,556 @@
+r"""The communication core: keys, error feedback, rounds and their bytes.
+
+Every communicating transform runs the same pipeline per worker: derive its
+keys, compensate its update with its error memory, ``encode``, hand the
+message to a collective, ``decode``, apply the aggregation rule, and record
+what it sent. This module holds that pipeline once, so that multi-round
+protocols (PowerSGD's two all-reduces; local-SGD syncs, CSER, SparCML's
+stages and hierarchical reduce-scatter / all-gather next) are math on top
+of it:
+
+* **Keys.** :func:`transform_key` gives each transform its own stream,
+  ``fold_in(key(seed), salt)`` with a salt fixed by the transform's name, so
+  two transforms built with the same seed (an attack and ``aggregate``, say)
+  never draw from the same keys. :func:`step_keys` splits the stream once
+  per step and :func:`worker_key` folds in the worker index.
+* **Error feedback.** :func:`init_memory`, :func:`compensate`,
+  :func:`residual`: :math:`p_i = u_i + e_i`, :math:`e_i \leftarrow p_i -
+  \hat p_i`, memories in float32 or wider.
+* **Rounds.** :class:`Rounds` wraps the collectives of
+  ``distoptax.worker_axis``: each call is one round, recorded in the
+  transform's :class:`~distoptax.distributed.comm_stats.CommStats` as
+  (kind, bytes handed to the collective, whether this worker took part).
+  Every round takes a per-worker weight or mask (a masked collective that
+  always runs) and a replicated ``run`` predicate: under ``run=False`` the
+  collective sits in the branch of a ``lax.cond`` that is not taken, so it
+  does not execute, and the round records nothing (no bytes, no latency).
+* **One exchange.** :func:`exchange` is ``aggregate``'s round: encode, one
+  all-reduce (a mean rule with a summable compressor) or all-gather, decode,
+  rule.
+
+The bytes recorded are those of the arrays the algorithm hands to the
+collective, in their own dtype: a bfloat16 message counts 2 bytes per
+entry even where XLA's CPU backend widens the compiled all-reduce or
+all-gather to float32 (``third_party_notes/runtime.md``).
+"""
+
+from typing import Any, Callable, NamedTuple
+import zlib
+
+import chex
+import jax
+from jax import lax
+import jax.numpy as jnp
+import optax
+
+from distoptax.algorithms import aggregators
+from distoptax.algorithms import compressors
+from distoptax.distributed import comm_stats
+from distoptax.worker_axis import collectives
+
+NORMALIZERS = ("participants", "workers")
+"""Values of ``exchange(normalizer=...)``: the mean of a masked exchange
+divides by the number of workers that took part, or by all workers."""
+
+
+def transform_key(seed: int, name: str) -> jax.Array:
+  """Raw key data of a transform's own stream: ``fold_in(key(seed), salt)``.
+
+  Args:
+    seed: the transform's seed.
+    name: the transform's fully qualified name; its CRC-32 (31 bits) is the
+      salt, so the stream is fixed by ``(seed, name)``.
+
+  Returns:
+    ``uint32`` key data (``jax.random.key_data``), for a state field.
+
+  Raises:
+    TypeError: for a seed that is not an int or a name that is not a
+      non-empty string.
+
+  Example:
+    >>> from distoptax.distributed import communication
+    >>> a = communication.transform_key(0, "distoptax.distributed.aggregate")
+    >>> b = communication.transform_key(0, "distoptax.algorithms.attacks")
+    >>> bool((a != b).any())
+    True
+  """
+  if not isinstance(seed, int) or isinstance(seed, bool):
+    raise TypeError(f"seed must be an int; got {seed!r}")
+  if not isinstance(name, str) or not name:
+    raise TypeError(f"name must be a non-empty str; got {name!r}")
+  salt = zlib.crc32(name.encode()) & 0x7FFFFFFF
+  return jax.random.key_data(
+      jax.random.fold_in(jax.random.key(seed), salt))
+
+
+def step_keys(key_data: jax.Array) -> tuple[chex.PRNGKey, jax.Array]:
+  """Splits a replicated stream: ``(this step's key, next key data)``."""
+  key, next_key = jax.random.split(jax.random.wrap_key_data(key_data))
+  return key, jax.random.key_data(next_key)
+
+
+def worker_key(step_key: chex.PRNGKey,
+               axis_name: str = collectives.WORKERS) -> chex.PRNGKey:
+  """This worker's key of the step: ``fold_in(step_key, worker_index)``."""
+  return jax.random.fold_in(step_key, collectives.worker_index(axis_name))
+
+
+def init_memory(tree: Any) -> Any:
+  """Zero error memories shaped like ``tree``, in float32 or wider.
+
+  Args:
+    tree: arrays or ``jax.ShapeDtypeStruct`` leaves; ``optax.MaskedNode``
+      marks leaves that keep no memory.
+
+  Returns:
+    A tree of zeros of the same shapes, dtype ``promote(dtype, float32)``.
+  """
+  return jax.tree.map(
+      lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)),
+      tree)
+
+
+def compensate(updates: Any, memory: Any) -> Any:
+  r""":math:`p_i = u_i + e_i`, in the memory's dtype."""
+  return jax.tree.map(lambda u, e: e + u, updates, memory)
+
+
+def residual(compensated: Any, sent: Any) -> Any:
+  r""":math:`e_i = p_i - \hat p_i`, what the message failed to carry."""
+  return jax.tree.map(lambda p, d: p - d.astype(p.dtype), compensated, sent)
+
+
+def encode(
+    compressor: compressors.Compressor,
+    key: chex.PRNGKey,
+    updates: optax.Updates,
+    memory: optax.Updates | None = None,
+) -> tuple[Any, optax.Updates | None, jax.Array | None]:
+  """Encodes (with error feedback when a memory is given).
+
+  Args:
+    compressor: the compressor.
+    key: this worker's key (or the step key for a ``shared_key`` one).
+    updates: this worker's update.
+    memory: its error memory, or ``None`` without error feedback.
+
+  Returns:
+    ``(message, new_memory, coded_bytes)``: ``new_memory`` is ``None``
+    without error feedback; ``coded_bytes`` is ``ceil(coded_bits / 8)``
+    (traced ``int32``), or ``None`` if the compressor defines no code.
+  """
+  if memory is None:
+    message = compressor.encode(key, updates)
+  else:
+    compensated = compensate(updates, memory)
+    message = compressor.encode(key, compensated)
+    memory = residual(compensated, compressor.decode(message))
+  coded = None
+  if compressor.coded_bits is not None:
+    coded = (compressor.coded_bits(message) + 7) // 8
+  return message, memory, coded
+
+
+def _output_like(kind: str, x: Any, n: int) -> Any:
+  """Zeros shaped like a collective's output on ``x`` (a skipped round)."""
+
+  def leaf(a):
+    a = jnp.asarray(a)
+    if kind == "all_gather":
+      return jnp.zeros((n,) + a.shape, a.dtype)
+    if kind == "reduce_scatter":
+      return jnp.zeros((a.shape[0] // n,) + a.shape[1:], a.dtype)
+    return jnp.zeros_like(a)
+
+  return jax.tree.map(leaf, x)
+
+
+class Rounds:
+  """The communication rounds of one update, recorded as they run.
+
+  Create one at the start of a transform's ``update`` from its previous
+  :class:`~distoptax.distributed.comm_stats.CommStats`, call its
+  collectives, and store :meth:`finish`'s result in the new state. It is a
+  trace-time object (it lives inside one call of ``update``), not state.
+
+  Each collective call is one round. Its bytes default to those of the
+  arrays handed to the collective (static); pass ``wire_bytes`` (and
+  ``coded_bytes``) computed inside ``jit`` where fewer bytes travel than the
+  buffer holds (a sparse message of data-dependent length). A ``weight`` or
+  ``mask`` makes it a masked collective: every worker runs it, a worker
+  with weight 0 contributes zero and is recorded as not taking part.
+
+  ``run`` is a predicate that must be the same on every worker (computed
+  from replicated state, e.g. ``step % period == 0``). The collective then
+  runs under ``lax.cond``; a runtime holds replicated state once, so the
+  condition stays a conditional and a skipped round executes no collective
+  and records nothing. ``otherwise(x)`` gives the result of a skipped
+  round (default: zeros shaped like the collective's output). Several
+  rounds under one condition: :meth:`cond`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from distoptax import distributed as dist
+    >>> from distoptax.distributed import comm_stats, communication
+    >>> def step(x, stats, t):  # t: the replicated step counter.
+    ...   rounds = communication.Rounds(stats)
+    ...   total = rounds.all_reduce(x)                  # Every step.
+    ...   rows = rounds.all_gather(x, run=t % 2 == 0)   # Even steps.
+    ...   return total, rows, rounds.finish()
+    >>> x = jnp.ones((4, 3))  # Four workers.
+    >>> stats = jax.vmap(lambda _: comm_stats.init_comm_stats())(x)
+    >>> f = jax.vmap(step, in_axes=(0, 0, None), axis_name=dist.WORKERS)
+    >>> _, _, stats = f(x, stats, jnp.int32(1))
+    >>> stats.rounds.kind[0], stats.rounds.bytes[0]  # Codes: dist.KINDS.
+    (Array([ 0, -1], dtype=int32), Array([12,  0], dtype=int32))
+    >>> _, _, stats = f(x, stats, jnp.int32(2))
+    >>> stats.rounds.kind[0], stats.rounds.bytes[0]
+    (Array([0, 1], dtype=int32), Array([12, 12], dtype=int32))
+  """
+
+  def __init__(self, stats: comm_stats.CommStats,
+               axis_name: str = collectives.WORKERS):
+    """Starts recording.
+
+    Args:
+      stats: the transform's previous stats, created by
+        ``comm_stats.init_comm_stats(capacity)`` with a capacity of at least
+        the rounds one update runs.
+      axis_name: the logical worker axis.
+
+    Raises:
+      TypeError: if ``stats`` is not a ``CommStats`` with a round record.
+    """
+    if not isinstance(stats, comm_stats.CommStats):
+      raise TypeError(f"Rounds needs the transform's CommStats; got "
+                      f"{type(stats).__name__}")
+    self._axis_name = axis_name
+    self._tally = comm_stats.start_tally(stats)
+    self._slot = 0
+    self._static_bytes = 0   # None once a count is traced.
+    self._finished = False
+
+  def _check_open(self) -> None:
+    if self._finished:
+      raise RuntimeError("Rounds.finish() was called; start a new Rounds")
+
+  def _record(self, kind: str, wire_bytes: Any, coded_bytes: Any,
+              participated: Any) -> None:
+    count, ok = comm_stats.check_byte_count(f"{kind} wire_bytes", wire_bytes)
+    if coded_bytes is None:
+      coded, coded_ok = count, ok
+    else:
+      coded, coded_ok = comm_stats.check_byte_count(f"{kind} coded_bytes",
+                                                    coded_bytes)
+    if ok is True and self._static_bytes is not None:
+      self._static_bytes += count
+      if self._static_bytes >= 2**31:
+        raise ValueError(
+            f"one step's wire bytes must lie in [0, 2**31); got "
+            f"{self._static_bytes}")
+    else:
+      self._static_bytes = None
+    self._tally = comm_stats.tally_round(
+        self._tally, self._slot, kind, count, ok, coded, coded_ok,
+        participated)
+    self._slot += 1
+
+  def _round(self, kind: str, collective: Callable[[Any], Any], x: Any,
+             participation: Any, run: Any, otherwise: Any, wire_bytes: Any,
+             coded_bytes: Any, extra_bytes: int = 0) -> Any:
+    self._check_open()
+    if wire_bytes is None:
+      wire_bytes = comm_stats.tree_bytes(x) + extra_bytes
+    participated = (True if participation is None
+                    else jnp.asarray(participation) != 0)
+
+    def body(value):
+      out = collective(value)
+      self._record(kind, wire_bytes, coded_bytes, participated)
+      return out
+
+    def skip(value):
+      if otherwise is not None:
+        return otherwise(value)
+      return _output_like(kind, value,
+                          collectives.num_workers(self._axis_name))
+
+    if run is None or run is True:
+      return body(x)
+    if run is False:
+      return skip(x)
+    return self.cond(run, body, skip, x)
+
+  def all_reduce(self, x: Any, *, weight: Any = None, run: Any = None,
+                 otherwise: Callable[[Any], Any] | None = None,
+                 wire_bytes: Any = None, coded_bytes: Any = None) -> Any:
+    r"""One all-reduce round: :math:`\sum_i w_i x_i` on every worker.
+
+    Args:
+      x: this worker's pytree.
+      weight: this worker's scalar weight (0/1, bool or e.g. its example
+        count); ``None`` means 1. Weight 0: contributes zero, not a
+        participant.
+      run: ``None`` (always), a static bool, or a replicated traced bool.
+      otherwise: the result of a skipped round, ``otherwise(x)``.
+      wire_bytes: the round's bytes (static or traced int); default: the
+        bytes of ``x``.
+      coded_bytes: its coded bytes; default: ``wire_bytes``.
+
+    Returns:
+      The sum, the same on every worker.
+    """
+    return self._round(
+        "all_reduce",
+        lambda v: collectives.psum(v, self._axis_name, weight=weight), x,
+        weight, run, otherwise, wire_bytes, coded_bytes)
+
+  def mean(self, x: Any, *, weight: Any = None,
+           normalizer: str = "weights", run: Any = None,
+           otherwise: Callable[[Any], Any] | None = None,
+           wire_bytes: Any = None, coded_bytes: Any = None) -> Any:
+    """One all-reduce round that averages (``worker_axis.pmean``).
+
+    With a weight and a normaliser other than ``"workers"`` the normaliser
+    travels too (a float32 scalar, 4 bytes more).
+
+    Args:
+      x: this worker's pytree.
+      weight: see :meth:`all_reduce`.
+      normalizer: ``"workers"``, ``"participants"`` or ``"weights"``
+        (``worker_axis.NORMALIZERS``).
+      run: see :meth:`all_reduce`.
+      otherwise: see :meth:`all_reduce`.
+      wire_bytes: see :meth:`all_reduce`.
+      coded_bytes: see :meth:`all_reduce`.
+
+    Returns:
+      The mean, the same on every worker.
+    """
+    extra = 4 if weight is not None and normalizer != "workers" else 0
+    return self._round(
+        "all_reduce",
+        lambda v: collectives.pmean(v, self._axis_name, weight=weight,
+                                    normalizer=normalizer), x,
+        weight, run, otherwise, wire_bytes, coded_bytes, extra)
+
+  def all_gather(self, x: Any, *, mask: Any = None, run: Any = None,
+                 otherwise: Callable[[Any], Any] | None = None,
+                 wire_bytes: Any = None, coded_bytes: Any = None) -> Any:
+    """One all-gather round: every worker's ``x``, stacked in index order.
+
+    Args:
+      x: this worker's pytree.
+      mask: this worker's participation; a non-participant's row is zeros.
+      run: see :meth:`all_reduce`.
+      otherwise: see :meth:`all_reduce`.
+      wire_bytes: see :meth:`all_reduce`.
+      coded_bytes: see :meth:`all_reduce`.
+
+    Returns:
+      The stack, leaves ``[num_workers, ...]``, the same on every worker.
+    """
+    return self._round(
+        "all_gather",
+        lambda v: collectives.all_gather(v, self._axis_name, mask=mask), x,
+        mask, run, otherwise, wire_bytes, coded_bytes)
+
+  def reduce_scatter(self, x: Any, *, weight: Any = None, run: Any = None,
+                     otherwise: Callable[[Any], Any] | None = None,
+                     wire_bytes: Any = None, coded_bytes: Any = None) -> Any:
+    """One reduce-scatter round: this worker's block of the weighted sum.
+
+    Args:
+      x: this worker's pytree (leading axes multiples of the workers).
+      weight: see :meth:`all_reduce`.
+      run: see :meth:`all_reduce`.
+      otherwise: see :meth:`all_reduce`.
+      wire_bytes: see :meth:`all_reduce`; default: the bytes of ``x``
+        (each worker hands its whole buffer).
+      coded_bytes: see :meth:`all_reduce`.
+
+    Returns:
+      This worker's block (``worker_axis.reduce_scatter``).
+    """
+    return self._round(
+        "reduce_scatter",
+        lambda v: collectives.reduce_scatter(v, self._axis_name,
+                                             weight=weight), x,
+        weight, run, otherwise, wire_bytes, coded_bytes)
+
+  def cond(self, pred: Any, true_fn: Callable[..., Any],
+           false_fn: Callable[..., Any], *operands: Any) -> Any:
+    """``lax.cond`` whose branches may run rounds of this recorder.
+
+    The rounds of the branch taken are recorded, in order, from the next
+    free slot; those of the other branch do not run and record nothing.
+
+    Args:
+      pred: a scalar bool, the same on every worker (replicated state).
+      true_fn: ``true_fn(*operands)``; may call this object's collectives.
+      false_fn: ``false_fn(*operands)``, with the same output structure.
+      *operands: passed to the branch.
+
+    Returns:
+      The output of the branch taken.
+    """
+    self._check_open()
+    start, start_static = self._slot, self._static_bytes
+    ends = {}
+
+    def branch(fn, name):
+      def run(tally, ops):
+        self._tally, self._slot = tally, start
+        self._static_bytes = start_static
+        out = fn(*ops)
+        ends[name] = (self._slot, self._static_bytes)
+        return out, self._tally
+      return run
+
+    out, self._tally = lax.cond(pred, branch(true_fn, "true"),
+                                branch(false_fn, "false"), self._tally,
+                                operands)
+    self._slot = max(end for end, _ in ends.values())
+    statics = [b for _, b in ends.values()]
+    self._static_bytes = (None if None in statics else max(statics))
+    return out
+
+  def finish(self) -> comm_stats.CommStats:
+    """The new :class:`~distoptax.distributed.comm_stats.CommStats`."""
+    self._check_open()
+    self._finished = True
+    return comm_stats.finish_tally(self._tally)
+
+
+class Exchanged(NamedTuple):
+  """What :func:`exchange` returns.
+
+  Attributes:
+    aggregate: the aggregated update, the same on every worker, in the
+      dtypes of the updates.
+    rule_state: the rule's new state (unchanged on the all-reduce path).
+    memory: the new error memory, or ``None`` without error feedback.
+  """
+
+  aggregate: optax.Updates
+  rule_state: optax.OptState
+  memory: optax.Updates | None
+
+
+def exchange(
+    rounds: Rounds,
+    updates: optax.Updates,
+    *,
+    compressor: compressors.Compressor,
+    rule: aggregators.AggregationRule,
+    rule_state: optax.OptState,
+    key: chex.PRNGKey,
+    memory: optax.Updates | None = None,
+    mask: Any = None,
+    normalizer: str = "participants",
+    params: optax.Params | None = None,
+    axis_name: str = collectives.WORKERS,
+    **extra_args: Any,
+) -> Exchanged:
+  r"""One round: encode, all-reduce or all-gather, decode, aggregate.
+
+  .. math::
+    m_i = \mathrm{encode}(k_i, u_i + e_i), \quad
+    \hat u = \begin{cases}
+      \mathrm{decode}\big(\sum_i m_i\big) / n
+        & \text{mean rule, summable compressor (all-reduce)} \\
+      \mathrm{rule}\big([\mathrm{decode}(m_1), \dots,
+        \mathrm{decode}(m_n)]\big) & \text{otherwise (all-gather)}
+    \end{cases}
+
+  and :math:`e_i \leftarrow u_i + e_i - \mathrm{decode}(m_i)` with error
+  feedback. The key is this worker's (``fold_in(step_key, i)``) or, for a
+  ``shared_key`` compressor, the step key itself.
+
+  With a ``mask`` (this worker's participation, bool or 0/1) only a mean
+  rule is allowed: the participants' messages (and their count, an
+  ``int32``, or on the all-gather path each worker's ``uint8`` flag) travel
+  in the same round, and :math:`\hat u` is the mean over the participants
+  (``normalizer="participants"``; zero if there are none) or the sum over
+  them divided by :math:`n` (``"workers"``).
+
+  Args:
+    rounds: the update's :class:`Rounds`.
+    updates: this worker's update.
+    compressor: how it travels.
+    rule: the aggregation rule.
+    rule_state: the rule's state.
+    key: the step key (replicated).
+    memory: the error memory, or ``None`` without error feedback.
+    mask: this worker's participation; ``None``: everyone.
+    normalizer: one of :data:`NORMALIZERS` (with a mask).
+    params: passed to the rule.
+    axis_name: the logical worker axis.
+    **extra_args: passed to the rule.
+
+  Returns:
+    An :class:`Exchanged`.
+
+  Raises:
+    ValueError: for a mask with a rule that is not the mean, or an unknown
+      ``normalizer``.
+  """
+  if normalizer not in NORMALIZERS:
+    raise ValueError(f"exchange: normalizer must be one of {NORMALIZERS}; "
+                     f"got {normalizer!r}")
+  if mask is not None and not rule.is_mean:
+    raise ValueError(
+        "exchange: a mask needs a mean rule (rule.is_mean): a rule over the "
+        "stack of all workers' updates cannot leave absent workers out")
+  if not compressor.shared_key:
+    key = worker_key(key, axis_name)
+  message, memory, coded = encode(compressor, key, updates, memory)
+  n = collectives.num_workers(axis_name)
+  if mask is not None:
+    mask = jnp.asarray(mask) != 0
+  if rule.is_mean and compressor.summable:
+    if mask is None:
+      total = compressor.decode(rounds.all_reduce(message,
+                                                  coded_bytes=coded))
+      aggregated = jax.tree.map(lambda s: s / n, total)
+    else:
+      if coded is not None:
+        coded = coded + 4
+      summed, count = rounds.all_reduce((message, jnp.ones((), jnp.int32)),
+                                        weight=mask, coded_bytes=coded)
+      divisor = n if normalizer == "workers" else count
+      aggregated = _divide(compressor.decode(summed), divisor)
+    rule_state_out = rule_state
+  elif mask is None:
+    stacked = jax.vmap(compressor.decode)(
+        rounds.all_gather(message, coded_bytes=coded))
+    aggregated, rule_state_out = rule.update(stacked, rule_state, params,
+                                             **extra_args)
+  else:
+    if coded is not None:
+      coded = coded + 1
+    rows, present = rounds.all_gather(
+        (message, mask.astype(jnp.uint8)), mask=mask, coded_bytes=coded)
+    stacked = jax.vmap(compressor.decode)(rows)
+    present = present != 0
+    summed = jax.tree.map(
+        lambda s: collectives.sum_over_workers(
+            jnp.where(present.reshape((-1,) + (1,) * (s.ndim - 1)), s, 0)),
+        stacked)
+    divisor = n if normalizer == "workers" else jnp.sum(present, dtype=jnp.int32)
+    aggregated = _divide(summed, divisor)
+    rule_state_out = rule_state
+  aggregated = jax.tree.map(lambda a, u: a.astype(u.dtype), aggregated,
+                            updates)
+  return Exchanged(aggregated, rule_state_out, memory)
+
+
+def _divide(tree: Any, divisor: Any) -> Any:
+  """``tree / divisor``; zero where the divisor is 0 (nobody took part)."""
+
+  def leaf(s):
+    d = jnp.asarray(divisor).astype(jnp.promote_types(s.dtype, jnp.float32))
+    return jnp.where(d != 0, s / jnp.where(d != 0, d, 1), 0).astype(s.dtype)
+
+  return jax.tree.map(leaf, tree)
