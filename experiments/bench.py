@@ -2,6 +2,8 @@ r"""Benchmarks that print ratios measured side by side in one run.
 
   python -m distoptax.experiments.bench step [--num_workers=8] [--batch_size=32]
       [--rounds=11] [--repeats=100]
+  python -m distoptax.experiments.bench step --period=4 [--fake_devices=8]
+      [--num_workers=8] [--batch_size=2] [--hidden=5120] [--rounds=7]
   python -m distoptax.experiments.bench aggregators [--num_workers=8,32,128]
       [--dims=10000,1000000] [--rules=median,krum,...] [--rounds=5]
       [--repeats=3] [--byzfl=auto|on|off]
@@ -11,6 +13,12 @@ r"""Benchmarks that print ratios measured side by side in one run.
 ``step``: one distributed step (``num_workers`` simulated workers, mean
 aggregation) against a plain ``jax.grad`` + ``optax.sgd`` step over the same
 total batch. Target on CPU: ratio at most 1.2.
+
+``step --period=P``: a local-SGD step whose all-reduce of the parameters is
+guarded by ``step % P == 0`` on the replicated step counter, timed with
+``P = 1``, ``P`` and no sync at all, under ``simulate`` and ``on_mesh`` (on
+CPU over ``--fake_devices`` host devices), with the ratio a free skip would
+give (see ``benchmarks.skipped_sync_cost``).
 
 ``aggregators``: every aggregation rule and pre-aggregation on one float32
 stack ``[n, d]`` per size, against the plain mean (coordinate-wise rules),
@@ -27,6 +35,7 @@ target (casts 2x, QSGD, TernGrad, natural, ZipML 4x, top-k 5x).
 """
 
 import json
+import os
 import sys
 import types
 from typing import Sequence
@@ -69,6 +78,13 @@ BYZFL = flags.DEFINE_enum(
     "aggregators: compare with ByzFL when it loads (auto), require it (on), "
     "or skip it (off).")
 SEED = flags.DEFINE_integer("seed", 0, "aggregators: seed of the data.")
+PERIOD = flags.DEFINE_integer(
+    "period", None, "step: time a sync every PERIOD steps against every step.",
+    lower_bound=2)
+FAKE_DEVICES = flags.DEFINE_integer(
+    "fake_devices", 8,
+    "step --period on CPU: host devices for on_mesh (sets XLA_FLAGS before "
+    "JAX starts; ignored when XLA_FLAGS already sets a count).", lower_bound=1)
 
 
 def _ints(values: Sequence[str], name: str) -> list[int]:
@@ -88,6 +104,9 @@ def _step() -> None:
   workers = _ints(NUM_WORKERS.value or ["8"], "num_workers")
   if len(workers) != 1:
     raise app.UsageError(f"step takes one --num_workers; got {workers}")
+  if PERIOD.value is not None:
+    _period_step(workers[0])
+    return
   result = benchmarks.step_overhead(
       num_workers=workers[0], batch_size=BATCH_SIZE.value,
       hidden=tuple(int(h) for h in HIDDEN.value),
@@ -97,6 +116,28 @@ def _step() -> None:
   print(f"{result['benchmark']}: ratio {result['ratio']:.3f}"
         + (f" (gradients alone: {result['grads_only_ratio']:.3f})"
            if "grads_only_ratio" in result else ""))
+
+
+def _period_step(num_workers: int) -> None:
+  if "xla_force_host_platform_device_count" not in os.environ.get(
+      "XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = " ".join(
+        [os.environ.get("XLA_FLAGS", ""),
+         f"--xla_force_host_platform_device_count={FAKE_DEVICES.value}"])
+  batch = 2 if BATCH_SIZE.value == BATCH_SIZE.default else BATCH_SIZE.value
+  hidden = ([5120] if HIDDEN.value == HIDDEN.default
+            else [int(h) for h in HIDDEN.value])
+  result = benchmarks.skipped_sync_cost(
+      period=PERIOD.value, num_workers=num_workers, batch_size=batch,
+      hidden=tuple(hidden), rounds=7 if ROUNDS.value is None else ROUNDS.value)
+  print(json.dumps(result, indent=2))
+  for runtime in ("simulate", "on_mesh"):
+    r = result[runtime]
+    print(f"{runtime}: period {PERIOD.value} / every step = {r['ratio']:.3f} "
+          f"(free skips would give "
+          f"{r['predicted_ratio_if_skips_are_free']:.3f}; no-sync step "
+          f"{r['no_sync_step_s'] * 1e3:.1f} ms, every step "
+          f"{r['every_step_s'] * 1e3:.1f} ms)")
 
 
 def _aggregators() -> None:
