@@ -7,8 +7,7 @@ stack-to-stack maps (NNM, bucketing, clipping) that
 :func:`preaggregation.pre_aggregated` puts in front of any rule.
 """
 
-import types
-
+from distoptax.algorithms import registry
 from distoptax.algorithms.aggregators import preaggregation
 from distoptax.algorithms.aggregators.base import AggregateFn
 from distoptax.algorithms.aggregators.base import AggregationRule
@@ -41,7 +40,7 @@ from distoptax.algorithms.aggregators.preaggregation import PreAggregation
 from distoptax.algorithms.aggregators.zeno import zeno
 from distoptax.algorithms.aggregators.zeno import ZenoState
 
-AGGREGATORS = types.MappingProxyType({
+AGGREGATORS = registry.Registry("aggregator", {
     "adaptive_robust_clipping": adaptive_robust_clipping,
     "bulyan": bulyan,
     "byzantine_sgd": byzantine_sgd,
@@ -60,7 +59,7 @@ AGGREGATORS = types.MappingProxyType({
     "zeno": zeno,
 })
 
-PREAGGREGATORS = types.MappingProxyType({
+PREAGGREGATORS = registry.Registry("pre-aggregation", {
     "adaptive_robust_clipping": preaggregation.adaptive_robust_clipping,
     "bucketing": preaggregation.bucketing,
     "nearest_neighbor_mixing": preaggregation.nearest_neighbor_mixing,

@@ -1,7 +1,6 @@
 """Attacks: worker-side transforms that replace the Byzantine workers' updates."""
 
-import types
-
+from distoptax.algorithms import registry
 from distoptax.algorithms.attacks.base import AttackContext
 from distoptax.algorithms.attacks.base import AttackState
 from distoptax.algorithms.attacks.base import make_attack
@@ -14,7 +13,7 @@ from distoptax.algorithms.attacks.simple import non_finite
 from distoptax.algorithms.attacks.simple import sign_flip
 from distoptax.algorithms.attacks.simple import zero
 
-ATTACKS = types.MappingProxyType({
+ATTACKS = registry.Registry("attack", {
     "a_little_is_enough": a_little_is_enough,
     "gaussian": gaussian,
     "inner_product_manipulation": inner_product_manipulation,

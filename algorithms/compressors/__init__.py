@@ -6,8 +6,7 @@ a pytree of arrays with static shapes, exactly what the collective moves;
 where one is defined.
 """
 
-import types
-
+from distoptax.algorithms import registry
 from distoptax.algorithms.compressors import packing
 from distoptax.algorithms.compressors import selection
 from distoptax.algorithms.compressors.base import Compressor
@@ -31,7 +30,7 @@ from distoptax.algorithms.compressors.topk import top_k
 from distoptax.algorithms.compressors.topk import TreeMessage
 from distoptax.algorithms.compressors.zipml import stochastic_rounding
 
-COMPRESSORS = types.MappingProxyType({
+COMPRESSORS = registry.Registry("compressor", {
     "bfloat16": bfloat16,
     "float16": float16,
     "global_top_k": global_top_k,
