@@ -331,11 +331,16 @@ def on_mesh(step: WorkerStep, mesh: jax.sharding.Mesh,
             num_workers: int) -> Runtime:
   """Runs a per-worker step with ``jax.shard_map`` over a device mesh.
 
-  The mesh must be 1-D with its axis named ``step.axis_name``. Each device
-  holds ``k = num_workers / mesh.size`` consecutive workers (device ``d``
-  holds workers ``d*k ... d*k + k - 1``) and runs them with a ``vmap`` over
-  the axis ``worker_axis.local_axis_name(step.axis_name)``; the collectives
-  of ``distoptax.worker_axis`` span both axes. Replicated state is held once
+  The mesh is either 1-D with its axis named ``step.axis_name``, or has
+  several axes that are tiers of the worker axis (e.g.
+  ``jax.make_mesh((2, 4), ("hosts", "local"))``: two hosts of four devices),
+  bound as ``worker_axis.tier_axis_name(step.axis_name, tier)`` so that
+  ``worker_axis.tier_psum`` / ``tier_all_gather`` address one tier. Each
+  device holds ``k = num_workers / mesh.size`` consecutive workers (device
+  ``d`` in row-major mesh order holds workers ``d*k ... d*k + k - 1``) and
+  runs them with a ``vmap`` over the axis
+  ``worker_axis.local_axis_name(step.axis_name)``; the collectives of
+  ``distoptax.worker_axis`` span all these axes. Replicated state is held once
   per device (``PartitionSpec()``).
 
   JAX's own replication check (``check_vma``) is off: it cannot follow
@@ -345,7 +350,8 @@ def on_mesh(step: WorkerStep, mesh: jax.sharding.Mesh,
 
   Args:
     step: from :func:`data_parallel` (or any :class:`WorkerStep`).
-    mesh: e.g. ``jax.make_mesh((jax.device_count(),), ("workers",))``.
+    mesh: e.g. ``jax.make_mesh((jax.device_count(),), ("workers",))``, or a
+      mesh of tier axes.
     num_workers: a positive multiple of ``mesh.size``.
 
   Returns:
@@ -353,26 +359,32 @@ def on_mesh(step: WorkerStep, mesh: jax.sharding.Mesh,
     the mesh along the leading worker axis.
 
   Raises:
-    ValueError: if the mesh is not 1-D over ``step.axis_name`` or
+    ValueError: if a 1-D mesh's axis is not ``step.axis_name`` or
       ``num_workers`` is not a multiple of the number of devices.
   """
   _check_num_workers(num_workers)
   axis = step.axis_name
-  if tuple(mesh.axis_names) != (axis,):
+  names = tuple(mesh.axis_names)
+  if len(names) == 1 and names != (axis,):
     raise ValueError(
-        f"on_mesh needs a 1-D mesh whose axis is the worker axis {axis!r}; "
-        f"got mesh axes {tuple(mesh.axis_names)}")
+        f"on_mesh needs a 1-D mesh whose axis is the worker axis {axis!r} "
+        f"(or a mesh of several tier axes); got mesh axes {names}")
   num_devices = mesh.size
   if num_workers % num_devices:
     raise ValueError(
         f"num_workers={num_workers} is not a multiple of the number of "
         f"devices in the mesh ({num_devices})")
+  # Several axes are tiers of the worker axis, bound under their own names
+  # (``worker_axis.tier_axis_name``) so that collectives find them.
+  if len(names) > 1:
+    names = tuple(collectives.tier_axis_name(axis, t) for t in names)
   # Outputs on an Explicit-axes mesh carry their sharding in their type, so
   # that ``state.params[0]`` would need an explicit out_sharding; the same
   # devices under Auto axes give ordinary sharded arrays.
-  mesh = jax.sharding.Mesh(mesh.devices, mesh.axis_names,
-                           axis_types=(jax.sharding.AxisType.Auto,))
-  spec = jax.sharding.PartitionSpec(axis)
+  mesh = jax.sharding.Mesh(
+      mesh.devices, names,
+      axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+  spec = jax.sharding.PartitionSpec(names if len(names) > 1 else axis)
   local = _mapped_update(step, collectives.local_axis_name(axis))
   check_replication = _mapped_update(step, axis)
 

@@ -3,10 +3,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from distoptax import algorithms as alg
 from distoptax import distributed as dist
 from distoptax import worker_axis
+from tests import helpers
 
 NUM_WORKERS = 16
 
@@ -123,3 +126,88 @@ def test_reduce_scatter_on_a_mesh_is_one_psum_scatter():
 def test_bad_arguments_are_refused(call, match):
   with pytest.raises(ValueError, match=match):
     jax.vmap(call, axis_name=dist.WORKERS)(jnp.ones((8, 16)))
+
+
+MESHES = [(2, 4), (4, 2)]
+
+
+def _tiered(mesh_shape, per_worker, batch, num_workers=NUM_WORKERS):
+  """``per_worker`` under simulate and on a ("hosts", "local") mesh."""
+  step = dist.WorkerStep(init=lambda p: p,
+                         update=lambda s, b: (s, per_worker(b)),
+                         axis_name=dist.WORKERS)
+  _, sim = dist.simulate(step, num_workers).step(jnp.zeros(num_workers),
+                                                 batch)
+  mesh = jax.make_mesh(mesh_shape, ("hosts", "local"))
+  _, shm = dist.on_mesh(step, mesh, num_workers).step(
+      jnp.zeros(num_workers), batch)
+  return sim, shm
+
+
+@pytest.mark.parametrize("mesh_shape", MESHES)
+@pytest.mark.parametrize("num_workers", [8, 16])
+def test_tier_collectives_on_a_two_tier_mesh_equal_simulate(mesh_shape,
+                                                            num_workers):
+  hosts = mesh_shape[0]
+  tiers = worker_axis.Tiers(("hosts", "local"),
+                            (hosts, num_workers // hosts))
+  rng = np.random.default_rng(0)
+  x = rng.integers(-8, 8, size=(num_workers, 3)).astype(np.float32)
+
+  def per_worker(b):
+    return {
+        "index": dist.worker_index(),
+        "all": dist.psum(b),
+        "gathered": dist.all_gather(b),
+        "hosts": worker_axis.tier_psum(b, tiers, "hosts"),
+        "local": worker_axis.tier_psum(b, tiers, "local"),
+        "local_rows": worker_axis.tier_all_gather(b, tiers, "local"),
+        "host_rows": worker_axis.tier_all_gather(b, tiers, "hosts"),
+        "block": worker_axis.reduce_scatter(
+            jnp.tile(b, (num_workers, 1))),
+    }
+
+  grid = x.reshape(tiers.sizes + (3,))
+  sim, shm = _tiered(mesh_shape, per_worker, x, num_workers)
+  for out in (sim, shm):
+    np.testing.assert_array_equal(out["index"], np.arange(num_workers))
+    for i in range(num_workers):
+      h, l = divmod(i, tiers.sizes[1])
+      np.testing.assert_array_equal(out["all"][i], x.sum(0))
+      np.testing.assert_array_equal(out["gathered"][i], x)
+      np.testing.assert_array_equal(out["local"][i], grid[h].sum(0))
+      np.testing.assert_array_equal(out["hosts"][i], grid[:, l].sum(0))
+      np.testing.assert_array_equal(out["local_rows"][i], grid[h])
+      np.testing.assert_array_equal(out["host_rows"][i], grid[:, l])
+      np.testing.assert_array_equal(out["block"][i], x.sum(0)[None])
+
+
+def test_tiers_that_disagree_with_the_mesh_are_refused():
+  wrong = worker_axis.Tiers(("hosts", "local"), (4, 2))
+  with pytest.raises(ValueError, match="do not match the mesh"):
+    _tiered((2, 4), lambda b: {"s": worker_axis.tier_psum(b, wrong, "hosts")},
+            jnp.ones((8, 2)), 8)
+  with pytest.raises(ValueError, match=r"unknown tier 'racks'"):
+    _tiered((2, 4), lambda b: {"s": worker_axis.tier_psum(
+        b, worker_axis.Tiers(("hosts", "local"), (2, 4)), "racks")},
+            jnp.ones((8, 2)), 8)
+  with pytest.raises(ValueError, match="product"):
+    jax.vmap(lambda b: worker_axis.tier_psum(
+        b, worker_axis.Tiers(("a", "b"), (3, 3)), "a"),
+             axis_name=dist.WORKERS)(jnp.ones((8, 2)))
+
+
+@pytest.mark.parametrize("mesh_shape", MESHES)
+def test_training_on_a_two_tier_mesh_equals_simulate(mesh_shape):
+  tx = optax.chain(dist.aggregate(alg.aggregators.krum(num_byzantine=2)),
+                   optax.sgd(0.1))
+  step = dist.data_parallel(helpers.mlp_loss, tx)
+  mesh = jax.make_mesh(mesh_shape, ("hosts", "local"))
+  states = []
+  for rt in (dist.simulate(step, 16), dist.on_mesh(step, mesh, 16)):
+    state = rt.init(helpers.mlp_params(jax.random.key(0)))
+    for t in range(3):
+      state, _ = rt.step(state, helpers.worker_batches(t, 16, 4))
+    states.append(state)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6,
+                                                       atol=1e-7), *states)

@@ -13,6 +13,10 @@ from distoptax.worker_axis.collectives import pmean
 from distoptax.worker_axis.collectives import psum
 from distoptax.worker_axis.collectives import reduce_scatter
 from distoptax.worker_axis.collectives import sum_over_workers
+from distoptax.worker_axis.collectives import tier_all_gather
+from distoptax.worker_axis.collectives import tier_axis_name
+from distoptax.worker_axis.collectives import tier_psum
+from distoptax.worker_axis.collectives import Tiers
 from distoptax.worker_axis.collectives import worker_axes
 from distoptax.worker_axis.collectives import worker_index
 from distoptax.worker_axis.collectives import WORKERS
@@ -26,6 +30,7 @@ from distoptax.worker_axis.replication import worker_axes_tree
 __all__ = [
     "NORMALIZERS",
     "ReplicatedState",
+    "Tiers",
     "WORKERS",
     "all_gather",
     "declared_replicated",
@@ -38,6 +43,9 @@ __all__ = [
     "replicated_fields",
     "replication_mask",
     "sum_over_workers",
+    "tier_all_gather",
+    "tier_axis_name",
+    "tier_psum",
     "worker_axes",
     "worker_axes_tree",
     "worker_index",

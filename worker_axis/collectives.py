@@ -38,7 +38,7 @@ the package.
 """
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 from jax import lax
@@ -58,12 +58,54 @@ def local_axis_name(axis_name: str) -> str:
   return f"{axis_name}/local"
 
 
+def tier_axis_name(axis_name: str, tier: str) -> str:
+  """Name of the mesh axis that realises ``tier`` of the worker axis.
+
+  ``on_mesh`` over a mesh of several axes (e.g. ``("hosts", "local")``)
+  binds each as ``f"{axis_name}@{tier}"``.
+  """
+  return f"{axis_name}@{tier}"
+
+
+class Tiers(NamedTuple):
+  """A factorisation of the worker axis into network tiers, outermost first.
+
+  Worker ``i`` sits at the row-major coordinates of ``i`` in ``sizes``: with
+  ``Tiers(("hosts", "local"), (2, 4))`` workers 0-3 share host 0. On a mesh
+  of the same axes each tier is a mesh axis; under ``simulate`` (or a 1-D
+  mesh) a tier collective is computed from the whole worker axis, giving the
+  same numbers.
+
+  Attributes:
+    names: the tier names, e.g. ``("hosts", "local")``.
+    sizes: workers along each tier; their product is the number of workers.
+  """
+
+  names: tuple[str, ...]
+  sizes: tuple[int, ...]
+
+  def index(self, tier: str) -> int:
+    """The position of ``tier``; a ValueError names the known tiers."""
+    if tier not in self.names:
+      raise ValueError(f"unknown tier {tier!r}; tiers: {self.names}")
+    return self.names.index(tier)
+
+
 def _is_bound(axis_name: str) -> bool:
   try:
     lax.axis_size(axis_name)
   except NameError:
     return False
   return True
+
+
+def _tier_axes(axis_name: str) -> tuple[str, ...]:
+  """Mesh axes bound as tiers of ``axis_name``, in mesh order."""
+  mesh = jax.sharding.get_abstract_mesh()
+  manual = set(mesh.manual_axes)
+  prefix = tier_axis_name(axis_name, "")
+  return tuple(a for a in mesh.axis_names
+               if a in manual and a.startswith(prefix))
 
 
 def worker_axes(axis_name: str = WORKERS) -> tuple[str, ...]:
@@ -75,7 +117,9 @@ def worker_axes(axis_name: str = WORKERS) -> tuple[str, ...]:
       ``jax.vmap(..., axis_name=axis_name)`` / ``jax.shard_map`` with that
       axis name.
   """
-  if not _is_bound(axis_name):
+  axes = ((axis_name,) if _is_bound(axis_name) else ()) + _tier_axes(
+      axis_name)
+  if not axes:
     raise NameError(
         f"the worker axis {axis_name!r} is not bound: run this transform "
         f"inside a runtime (distoptax.distributed.simulate or on_mesh) or "
@@ -83,9 +127,7 @@ def worker_axes(axis_name: str = WORKERS) -> tuple[str, ...]:
         f"is the default name); calling its init or update directly on one "
         f"worker's values has no workers to communicate with")
   local = local_axis_name(axis_name)
-  if _is_bound(local):
-    return (axis_name, local)
-  return (axis_name,)
+  return axes + ((local,) if _is_bound(local) else ())
 
 
 def num_workers(axis_name: str = WORKERS) -> int:
@@ -317,3 +359,121 @@ def reduce_scatter(x, axis_name: str = WORKERS, *, weight: Any = None):
     return lax.dynamic_slice_in_dim(leaf, start, block, axis=0)
 
   return jax.tree.map(scatter_leaf, x)
+
+
+def _check_tiers(tiers: Tiers, axis_name: str) -> tuple[str, ...]:
+  """Validates ``tiers`` against the bound axes; returns the mesh tiers."""
+  n = num_workers(axis_name)
+  if len(tiers.names) != len(tiers.sizes) or math.prod(tiers.sizes) != n:
+    raise ValueError(
+        f"tiers {tiers} must give one size per name with product "
+        f"num_workers={n}")
+  mesh_tiers = _tier_axes(axis_name)
+  if not mesh_tiers:
+    return ()
+  expected = tuple(tier_axis_name(axis_name, t) for t in tiers.names)
+  sizes = [lax.axis_size(a) for a in mesh_tiers]
+  local = local_axis_name(axis_name)
+  if _is_bound(local):
+    sizes[-1] *= lax.axis_size(local)
+  if mesh_tiers != expected or tuple(sizes) != tuple(tiers.sizes):
+    raise ValueError(
+        f"tiers {tiers} do not match the mesh: tier axes {mesh_tiers} of "
+        f"sizes {tuple(sizes)} (workers per device counted in the last)")
+  return mesh_tiers
+
+
+def _own_group(stacked: jax.Array, tiers: Tiers, j: int,
+               axis_name: str) -> jax.Array:
+  """Rows of ``stacked [n, ...]`` in this worker's group along tier ``j``.
+
+  Returns ``[sizes[j], ...]``: the workers that share every tier coordinate
+  but the ``j``-th with this worker, in index order.
+  """
+  grid = jnp.reshape(stacked, tuple(tiers.sizes) + stacked.shape[1:])
+  grid = jnp.moveaxis(grid, j, 0)
+  coords = jnp.unravel_index(worker_index(axis_name), tuple(tiers.sizes))
+  others = tuple(c for i, c in enumerate(coords) if i != j)
+  return grid[(slice(None),) + others]
+
+
+def tier_psum(x, tiers: Tiers, tier: str, axis_name: str = WORKERS, *,
+              weight: Any = None):
+  """Sum over the workers of this worker's group along one tier.
+
+  The group of worker ``i`` along tier ``t`` is the workers whose
+  coordinates (see :class:`Tiers`) differ from ``i``'s in ``t`` alone: with
+  ``Tiers(("hosts", "local"), (2, 4))``, ``tier="local"`` sums within a host
+  and ``tier="hosts"`` across hosts, one sum per local position. On a mesh
+  of those axes it is one ``psum`` over the tier's mesh axis (plus the
+  workers a device holds, for the last tier).
+
+  Args:
+    x: this worker's pytree.
+    tiers: the factorisation of the worker axis.
+    tier: one of ``tiers.names``.
+    axis_name: the logical worker axis.
+    weight: this worker's scalar weight (see :func:`psum`).
+
+  Returns:
+    The group's (weighted) sum, the same on every worker of the group.
+
+  Raises:
+    ValueError: for an unknown tier, sizes whose product is not the number
+      of workers, or tiers that disagree with the mesh.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from distoptax import worker_axis
+    >>> tiers = worker_axis.Tiers(("hosts", "local"), (2, 2))
+    >>> f = lambda x: worker_axis.tier_psum(x, tiers, "local")
+    >>> jax.vmap(f, axis_name="workers")(jnp.array([1.0, 2.0, 10.0, 20.0]))
+    Array([ 3.,  3., 30., 30.], dtype=float32)
+  """
+  j = tiers.index(tier)
+  mesh_tiers = _check_tiers(tiers, axis_name)
+  if weight is not None:
+    x = _weighted(x, _check_weight(weight, "tier_psum"))
+  local = local_axis_name(axis_name)
+
+  def sum_leaf(leaf):
+    if not mesh_tiers:
+      return sum_over_workers(
+          _own_group(all_gather(leaf, axis_name), tiers, j, axis_name))
+    if j == len(mesh_tiers) - 1 and _is_bound(local):
+      leaf = sum_over_workers(lax.all_gather(leaf, local))
+    return lax.psum(leaf, mesh_tiers[j])
+
+  return jax.tree.map(sum_leaf, x)
+
+
+def tier_all_gather(x, tiers: Tiers, tier: str, axis_name: str = WORKERS):
+  """Stacks ``x`` over this worker's group along one tier, in index order.
+
+  Args:
+    x: this worker's pytree.
+    tiers: the factorisation of the worker axis (see :func:`tier_psum`).
+    tier: one of ``tiers.names``.
+    axis_name: the logical worker axis.
+
+  Returns:
+    Leaves of shape ``[tiers.sizes[j], *leaf.shape]`` for the tier's
+    position ``j``.
+
+  Raises:
+    ValueError: as :func:`tier_psum`.
+  """
+  j = tiers.index(tier)
+  mesh_tiers = _check_tiers(tiers, axis_name)
+  local = local_axis_name(axis_name)
+
+  def gather_leaf(leaf):
+    if not mesh_tiers:
+      return _own_group(all_gather(leaf, axis_name), tiers, j, axis_name)
+    out = leaf
+    if j == len(mesh_tiers) - 1 and _is_bound(local):
+      out = lax.all_gather(out, local)
+    out = lax.all_gather(out, mesh_tiers[j])
+    return jnp.reshape(out, (-1,) + jnp.shape(leaf))
+
+  return jax.tree.map(gather_leaf, x)
