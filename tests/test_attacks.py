@@ -11,6 +11,7 @@ from scipy import stats
 
 from distoptax import algorithms as alg
 from distoptax import distributed as dist
+from distoptax import worker_axis
 from distoptax.algorithms.attacks import base
 from distoptax.algorithms.attacks import omniscient
 from distoptax.algorithms.attacks import simple
@@ -401,3 +402,18 @@ def test_context_helpers():
                            jnp.int32(0), dist.WORKERS)
   assert ctx.num_byzantine == 2
   np.testing.assert_array_equal(ctx.honest_indices, [1, 3, 4])
+
+
+def test_gaussian_attack_and_aggregate_with_one_seed_draw_different_keys():
+  attack = alg.attacks.gaussian(1, seed=0)
+  agg = dist.aggregate(alg.aggregators.mean(), seed=0)
+
+  def keys(g):
+    return attack.init(g).key, agg.init(g).key
+
+  attack_key, agg_key = jax.vmap(keys, axis_name=dist.WORKERS)(
+      jnp.ones((3, 4)))
+  assert not np.array_equal(attack_key[0], agg_key[0])
+  np.testing.assert_array_equal(
+      attack_key[0],
+      worker_axis.transform_key(0, "distoptax.algorithms.attacks.gaussian"))

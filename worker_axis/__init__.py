@@ -20,6 +20,7 @@ from distoptax.worker_axis.collectives import Tiers
 from distoptax.worker_axis.collectives import worker_axes
 from distoptax.worker_axis.collectives import worker_index
 from distoptax.worker_axis.collectives import WORKERS
+from distoptax.worker_axis.keys import transform_key
 from distoptax.worker_axis.replication import declared_replicated
 from distoptax.worker_axis.replication import replicated
 from distoptax.worker_axis.replication import replicated_fields
@@ -46,6 +47,7 @@ __all__ = [
     "tier_all_gather",
     "tier_axis_name",
     "tier_psum",
+    "transform_key",
     "worker_axes",
     "worker_axes_tree",
     "worker_index",

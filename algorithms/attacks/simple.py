@@ -13,6 +13,7 @@ import optax
 
 from distoptax.algorithms.attacks import base
 from distoptax.worker_axis import collectives
+from distoptax.worker_axis import keys
 
 NON_FINITE_VALUES = {"nan": float("nan"), "inf": float("inf"),
                      "-inf": float("-inf")}
@@ -118,7 +119,8 @@ def gaussian(
 
   def init_state(params):
     del params
-    return base.AttackState(jax.random.key_data(jax.random.key(seed)))
+    return base.AttackState(
+        keys.transform_key(seed, "distoptax.algorithms.attacks.gaussian"))
 
   def craft(updates, state, ctx):
     key, next_key = jax.random.split(jax.random.wrap_key_data(state.key))
