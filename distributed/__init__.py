@@ -27,7 +27,7 @@ from distoptax.distributed.comm_stats import KINDS
 from distoptax.distributed.comm_stats import RoundRecord
 from distoptax.distributed.communication import exchange
 from distoptax.distributed.communication import Rounds
-from distoptax.distributed.communication import transform_key
+from distoptax.worker_axis.keys import transform_key
 from distoptax.distributed.comm_stats import find_comm_stats
 from distoptax.distributed.comm_stats import total_bytes
 from distoptax.distributed.comm_stats import total_coded_bytes

@@ -11,10 +11,11 @@ from distoptax.algorithms import compressors
 from distoptax.distributed import comm_stats
 from distoptax.distributed import communication
 from distoptax.worker_axis import collectives
+from distoptax.worker_axis import keys
 from distoptax.worker_axis import replication
 
 KEY_NAME = "distoptax.distributed.aggregate"
-"""Salt of :func:`aggregate`'s key stream (``communication.transform_key``)."""
+"""Salt of :func:`aggregate`'s key stream (``worker_axis.transform_key``)."""
 
 
 @replication.replicated_fields('rule_state', 'key')
@@ -26,7 +27,7 @@ class AggregateState(NamedTuple):
     key: the shared PRNG key data, split every step; each worker's
       compression key is ``fold_in(step_key, worker_index)`` (or
       ``step_key`` itself for a compressor with ``shared_key``). At
-      ``init``: ``communication.transform_key(seed, KEY_NAME)``, a stream of
+      ``init``: ``worker_axis.transform_key(seed, KEY_NAME)``, a stream of
       its own (another transform with the same seed draws other keys).
     comm: bytes this worker handed to collectives (see ``CommStats``).
     error: this worker's error-feedback memory (like the updates, float32
@@ -134,7 +135,7 @@ def aggregate(
     error = communication.init_memory(params) if error_feedback else ()
     return AggregateState(
         rule_state=rule.init(params, collectives.num_workers(axis_name)),
-        key=communication.transform_key(seed, KEY_NAME),
+        key=keys.transform_key(seed, KEY_NAME),
         comm=comm_stats.init_comm_stats(capacity=1),
         error=error)
 
@@ -150,7 +151,7 @@ def aggregate(
         rounds, updates, compressor=compressor, rule=rule,
         rule_state=state.rule_state, key=key,
         memory=state.error if error_feedback else None, params=params,
-        axis_name=axis_name, **extra_args)
+        **extra_args)
     error = out.memory if error_feedback else ()
     return out.aggregate, AggregateState(out.rule_state, next_key,
                                          rounds.finish(), error)

@@ -123,11 +123,16 @@ def init_comm_stats(capacity: int = 2) -> CommStats:
   return CommStats(zero, zero, words, zero, words, empty_rounds(capacity))
 
 
-def _is_tracer(value: Any) -> bool:
-  return isinstance(value, jax.core.Tracer)
+def _static_int(value: Any) -> int | None:
+  """The value of a concrete integer scalar array; ``None`` if traced."""
+  try:
+    return int(value)
+  except (jax.errors.ConcretizationTypeError,
+          jax.errors.TracerIntegerConversionError):
+    return None
 
 
-def check_byte_count(name: str, value: Any) -> tuple[jax.Array, Any]:
+def check_byte_count(name: str, value: Any) -> tuple[Any, Any]:
   """Validates a byte count; static ones now, traced ones as data.
 
   Args:
@@ -158,8 +163,9 @@ def check_byte_count(name: str, value: Any) -> tuple[jax.Array, Any]:
         f"{name} must have an integer dtype; got {value.dtype} ({value!r})")
   if tuple(value.shape) != ():
     raise ValueError(f"{name} must be a scalar; got shape {value.shape}")
-  if not _is_tracer(value):
-    return check_byte_count(name, int(np.asarray(value)))
+  static = _static_int(value)
+  if static is not None:
+    return check_byte_count(name, static)
   valid = value >= 0
   if jnp.iinfo(value.dtype).max >= _MAX_BYTES:
     valid = valid & (value < jnp.asarray(_MAX_BYTES, value.dtype))
@@ -181,8 +187,9 @@ def tree_bytes(tree) -> int:
 
 
 class Tally(NamedTuple):
-  """One update's rounds while they are recorded (all arrays, so that the
-  tally can pass through ``lax.cond``).
+  """One update's rounds while they are being recorded.
+
+  Every field is an array, so that a tally can pass through ``lax.cond``.
 
   Attributes:
     rounds: the :class:`RoundRecord` filled so far.

@@ -8,11 +8,12 @@ protocols (PowerSGD's two all-reduces; local-SGD syncs, CSER, SparCML's
 stages and hierarchical reduce-scatter / all-gather next) are math on top
 of it:
 
-* **Keys.** :func:`transform_key` gives each transform its own stream,
-  ``fold_in(key(seed), salt)`` with a salt fixed by the transform's name, so
-  two transforms built with the same seed (an attack and ``aggregate``, say)
-  never draw from the same keys. :func:`step_keys` splits the stream once
-  per step and :func:`worker_key` folds in the worker index.
+* **Keys.** ``worker_axis.transform_key`` gives each transform its own
+  stream, ``fold_in(key(seed), salt)`` with a salt fixed by the transform's
+  name, so two transforms built with the same seed (an attack and
+  ``aggregate``, say) never draw from the same keys. :func:`step_keys`
+  splits the stream once per step and :func:`worker_key` folds in the
+  worker index.
 * **Error feedback.** :func:`init_memory`, :func:`compensate`,
   :func:`residual`: :math:`p_i = u_i + e_i`, :math:`e_i \leftarrow p_i -
   \hat p_i`, memories in float32 or wider.
@@ -35,7 +36,6 @@ all-gather to float32 (``third_party_notes/runtime.md``).
 """
 
 from typing import Any, Callable, NamedTuple
-import zlib
 
 import chex
 import jax
@@ -47,41 +47,11 @@ from distoptax.algorithms import aggregators
 from distoptax.algorithms import compressors
 from distoptax.distributed import comm_stats
 from distoptax.worker_axis import collectives
+from distoptax.worker_axis import keys
 
 NORMALIZERS = ("participants", "workers")
 """Values of ``exchange(normalizer=...)``: the mean of a masked exchange
 divides by the number of workers that took part, or by all workers."""
-
-
-def transform_key(seed: int, name: str) -> jax.Array:
-  """Raw key data of a transform's own stream: ``fold_in(key(seed), salt)``.
-
-  Args:
-    seed: the transform's seed.
-    name: the transform's fully qualified name; its CRC-32 (31 bits) is the
-      salt, so the stream is fixed by ``(seed, name)``.
-
-  Returns:
-    ``uint32`` key data (``jax.random.key_data``), for a state field.
-
-  Raises:
-    TypeError: for a seed that is not an int or a name that is not a
-      non-empty string.
-
-  Example:
-    >>> from distoptax.distributed import communication
-    >>> a = communication.transform_key(0, "distoptax.distributed.aggregate")
-    >>> b = communication.transform_key(0, "distoptax.algorithms.attacks")
-    >>> bool((a != b).any())
-    True
-  """
-  if not isinstance(seed, int) or isinstance(seed, bool):
-    raise TypeError(f"seed must be an int; got {seed!r}")
-  if not isinstance(name, str) or not name:
-    raise TypeError(f"name must be a non-empty str; got {name!r}")
-  salt = zlib.crc32(name.encode()) & 0x7FFFFFFF
-  return jax.random.key_data(
-      jax.random.fold_in(jax.random.key(seed), salt))
 
 
 def step_keys(key_data: jax.Array) -> tuple[chex.PRNGKey, jax.Array]:
@@ -230,6 +200,11 @@ class Rounds:
     self._slot = 0
     self._static_bytes = 0   # None once a count is traced.
     self._finished = False
+
+  @property
+  def axis_name(self) -> str:
+    """The logical worker axis the rounds run over."""
+    return self._axis_name
 
   def _check_open(self) -> None:
     if self._finished:
@@ -450,7 +425,6 @@ def exchange(
     mask: Any = None,
     normalizer: str = "participants",
     params: optax.Params | None = None,
-    axis_name: str = collectives.WORKERS,
     **extra_args: Any,
 ) -> Exchanged:
   r"""One round: encode, all-reduce or all-gather, decode, aggregate.
@@ -486,15 +460,40 @@ def exchange(
     mask: this worker's participation; ``None``: everyone.
     normalizer: one of :data:`NORMALIZERS` (with a mask).
     params: passed to the rule.
-    axis_name: the logical worker axis.
     **extra_args: passed to the rule.
 
   Returns:
-    An :class:`Exchanged`.
+    An :class:`Exchanged`. The round runs over ``rounds.axis_name``.
 
   Raises:
     ValueError: for a mask with a rule that is not the mean, or an unknown
       ``normalizer``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from distoptax import algorithms as alg, distributed as dist
+    >>> from distoptax.distributed import comm_stats
+    >>> def step(u, here):
+    ...   rounds = dist.Rounds(comm_stats.init_comm_stats())
+    ...   out = dist.exchange(
+    ...       rounds, u, compressor=alg.compressors.identity(),
+    ...       rule=alg.aggregators.mean(), rule_state=(),
+    ...       key=jax.random.key(0), mask=here)
+    ...   return out.aggregate, rounds.finish()
+    >>> u = jnp.array([[1.0, 1.0], [3.0, 3.0], [9.0, 9.0]])
+    >>> here = jnp.array([True, True, False])  # Worker 2 is absent.
+    >>> out, stats = jax.vmap(step, axis_name=dist.WORKERS)(u, here)
+    >>> out[0]
+    Array([2., 2.], dtype=float32)
+    >>> dist.clock_rounds(stats)  # 8 bytes of update + the int32 count.
+    [Round(kind='all_reduce', bytes=12,
+           participants=array([ True,  True, False]), tier=None)]
+
+  References:
+    Karimireddy, Rebjock, Stich, Jaggi, "Error Feedback Fixes SignSGD and
+    other Gradient Compression Schemes", ICML 2019, arXiv:1901.09847.
+    Stich, Cordonnier, Jaggi, "Sparsified SGD with Memory", NeurIPS 2018,
+    arXiv:1809.07599.
   """
   if normalizer not in NORMALIZERS:
     raise ValueError(f"exchange: normalizer must be one of {NORMALIZERS}; "
@@ -503,6 +502,7 @@ def exchange(
     raise ValueError(
         "exchange: a mask needs a mean rule (rule.is_mean): a rule over the "
         "stack of all workers' updates cannot leave absent workers out")
+  axis_name = rounds.axis_name
   if not compressor.shared_key:
     key = worker_key(key, axis_name)
   message, memory, coded = encode(compressor, key, updates, memory)
@@ -538,7 +538,8 @@ def exchange(
         lambda s: collectives.sum_over_workers(
             jnp.where(present.reshape((-1,) + (1,) * (s.ndim - 1)), s, 0)),
         stacked)
-    divisor = n if normalizer == "workers" else jnp.sum(present, dtype=jnp.int32)
+    divisor = (n if normalizer == "workers"
+               else jnp.sum(present, dtype=jnp.int32))
     aggregated = _divide(summed, divisor)
     rule_state_out = rule_state
   aggregated = jax.tree.map(lambda a, u: a.astype(u.dtype), aggregated,

@@ -24,6 +24,7 @@ import optax
 from distoptax.distributed import comm_stats
 from distoptax.distributed import communication
 from distoptax.worker_axis import collectives
+from distoptax.worker_axis import keys
 from distoptax.worker_axis import replication
 
 ERROR_CONVENTIONS = ("aggregate", "local")
@@ -129,7 +130,7 @@ def _compute_dtype(dtype) -> jnp.dtype:
 
 
 KEY_NAME = "distoptax.distributed.powersgd"
-"""Salt of :func:`powersgd`'s key stream (``communication.transform_key``)."""
+"""Salt of :func:`powersgd`'s key stream (``worker_axis.transform_key``)."""
 
 
 def _draw_qs(seed: int, step, plans, dtypes) -> list[Any]:
@@ -140,7 +141,7 @@ def _draw_qs(seed: int, step, plans, dtypes) -> list[Any]:
   transform with the same seed draws from.
   """
   key = jax.random.fold_in(jax.random.wrap_key_data(
-      communication.transform_key(seed, KEY_NAME)), step)
+      keys.transform_key(seed, KEY_NAME)), step)
   return [optax.MaskedNode() if plan is None else jax.random.normal(
       jax.random.fold_in(key, i), (plan.n_cols, plan.rank),
       _compute_dtype(dtype))
@@ -238,7 +239,7 @@ def powersgd(
       ``view(d_0, -1)`` applied to the array as given (for PyTorch layouts
       ``(out, in, h, w)``).
     seed: seed of the shared draws of :math:`Q`, salted with
-      :data:`KEY_NAME` (``communication.transform_key``).
+      :data:`KEY_NAME` (``worker_axis.transform_key``).
     axis_name: the logical worker axis.
 
   Returns:

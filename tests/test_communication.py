@@ -23,17 +23,24 @@ FLOATS = 6   # Entries of the toy model.
 
 @dist.replicated_fields("step")
 class ToyState(NamedTuple):
-  """State of the two-round toy protocol: a replicated step, per-worker
-  stats."""
+  """State of the two-round toy protocol.
+
+  Attributes:
+    step: replicated step counter.
+    comm: per-worker communication stats.
+  """
 
   step: jax.Array
   comm: dist.CommStats
 
 
 def two_round_protocol(period, calls=None):
-  """Round 1: all-reduce every step. Round 2: all-gather when
+  """A toy protocol of two rounds.
+
+  Round 1 all-reduces every step; round 2 all-gathers when
   ``step % period == 0`` (a replicated condition). ``calls`` counts the
-  executions of round 2's branch."""
+  executions of round 2's branch.
+  """
 
   def init_fn(params):
     del params
@@ -339,8 +346,6 @@ def test_misuse_of_rounds_and_exchange_is_refused():
   with pytest.raises(ValueError, match="normalizer.*'weights'"):
     dist.exchange(None, None, compressor=None, rule=None, rule_state=(),
                   key=None, normalizer="weights")
-  with pytest.raises(TypeError, match="seed must be an int; got '0'"):
-    dist.transform_key("0", "x")
 
 
 def test_each_transform_has_its_own_key_stream():

@@ -315,6 +315,25 @@ def test_start_iter_runs_the_plain_mean_first():
   assert dist.total_bytes(state.comm) == 4 * (2 * 54 + 20)
 
 
+def test_rounds_are_recorded_one_in_the_warm_up_then_p_and_q():
+  """start_iter=1: the plain all-reduce, then the P round and the Q round."""
+  params = {"w": jnp.zeros((8, 6)), "b": jnp.zeros(6)}
+  tx = optax.chain(powersgd(1, start_iter=1), optax.sgd(0.1))
+  rt = dist.simulate(dist.data_parallel(_quadratic_loss, tx), NUM_WORKERS)
+  state = rt.init(params)
+  expected = [
+      [dist.Round("all_reduce", 4 * 54)],
+      # "last_dim" view 6 x 8: P (6) with the bias (6), then Q (8).
+      [dist.Round("all_reduce", 4 * (6 + 6)), dist.Round("all_reduce", 4 * 8)],
+  ]
+  for rounds in expected:
+    state, _ = rt.step(state, _worker_updates(0, params))
+    assert dist.clock_rounds(state) == rounds
+  (stats,) = dist.find_comm_stats(state.opt_state)
+  assert dist.total_bytes(jax.tree.map(lambda a: a[0], stats)) == 4 * (
+      54 + 20)
+
+
 def test_zero_updates_give_zero_not_nan():
   params = {"w": jnp.zeros((16, 12))}
   zeros = _stack(params)
