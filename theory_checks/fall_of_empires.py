@@ -286,8 +286,10 @@ def run_rule(name: str, config: Config, data: datasets.Dataset,
       idx = seed_validation[state.step]
       return {"value_fn": lambda p: _loss(p, (x_train[idx], y_train[idx]))}
 
+    # Parameters held once: Zeno's replicated state depends on them.
     runtime = dist.simulate(
-        dist.data_parallel(_loss, tx, extra_args=extra_args), n)
+        dist.data_parallel(_loss, tx, extra_args=extra_args,
+                           replicated_params=True), n)
     state = runtime.init({"w": jnp.zeros((dim, classes), jnp.float32),
                           "b": jnp.zeros((classes,), jnp.float32)})
 
@@ -303,13 +305,13 @@ def run_rule(name: str, config: Config, data: datasets.Dataset,
 
     def chunk(state, idx):
       state, share = jax.lax.scan(step, state, idx)
-      return state, (accuracy(dist.worker_slice(state.params)),
+      return state, (accuracy(dist.worker_slice(state).params),
                      jnp.mean(share))
 
     chunks = seed_batches[:num_evals * config.eval_every].reshape(
         (num_evals, config.eval_every) + seed_batches.shape[1:])
     state, (curve, shares) = jax.lax.scan(chunk, state, chunks)
-    params = dist.worker_slice(state.params)
+    params = dist.worker_slice(state).params
     finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(p))
                                 for p in jax.tree.leaves(params)]))
     final = jnp.where(finite, accuracy(params), CHANCE)
