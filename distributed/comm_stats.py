@@ -29,7 +29,7 @@ The rounds are recorded by :class:`distoptax.distributed.communication.Rounds`;
 one all-gather.
 """
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

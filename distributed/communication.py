@@ -47,7 +47,6 @@ from distoptax.algorithms import aggregators
 from distoptax.algorithms import compressors
 from distoptax.distributed import comm_stats
 from distoptax.worker_axis import collectives
-from distoptax.worker_axis import keys
 
 NORMALIZERS = ("participants", "workers")
 """Values of ``exchange(normalizer=...)``: the mean of a masked exchange

@@ -13,7 +13,6 @@ from distoptax import algorithms as alg
 from distoptax import distributed as dist
 from distoptax.algorithms import attacks
 from distoptax.distributed import comm_stats
-from distoptax.distributed import communication
 from distoptax.distributed.powersgd import powersgd
 from tests import helpers
 
