@@ -131,3 +131,30 @@ def test_leaf_messages_send_only_their_arrays():
   message = compressor_base.LeafMessage({"x": jnp.zeros(3, jnp.uint8)},
                                         (3,), jnp.float32)
   assert comm_stats.tree_bytes(message) == 3
+
+
+NON_FLOAT_DTYPES = (jnp.int32, jnp.uint8, jnp.bool_, jnp.complex64)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_non_float_updates_are_a_type_error_naming_the_dtype(name):
+  """Every compressor but the identity computes on real floats; an integer,
+  boolean or complex leaf is a TypeError naming the compressor, the leaf
+  and its dtype (not a silently rounded or garbage message)."""
+  compressor = _make(name)
+  floats = jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)
+  for dtype in NON_FLOAT_DTYPES:
+    updates = {"b": floats[0], "w": floats.astype(dtype)}
+    encode = jax.jit(compressor.encode)
+    if name == "identity":  # Sends the update as it is, any dtype.
+      out = compressor.decode(encode(jax.random.key(0), updates))
+      np.testing.assert_array_equal(out["w"], updates["w"])
+      continue
+    with pytest.raises(TypeError, match=(
+        rf"{name} needs real floating-point updates; got dtype "
+        rf"{jnp.dtype(dtype).name} at \['w'\]")):
+      encode(jax.random.key(0), updates)
+  # Every floating dtype is accepted.
+  for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
+    jax.jit(compressor.encode)(jax.random.key(0),
+                               {"w": floats.astype(dtype)})

@@ -69,6 +69,31 @@ def is_leaf_message(x: Any) -> bool:
   return isinstance(x, LeafMessage)
 
 
+def check_floating(name: str, updates: optax.Updates) -> None:
+  """Raises ``TypeError`` unless every leaf has a real floating dtype.
+
+  Quantizers and sparsifiers compute scales, levels and magnitudes that
+  mean nothing on integers, booleans or complex numbers (QSGD would round
+  an int32 update to garbage and cast it back). The message names the
+  compressor, the first offending leaf's path and its dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> check_floating("qsgd", {"w": jnp.zeros(3, jnp.int32)})
+    Traceback (most recent call last):
+    ...
+    TypeError: qsgd needs real floating-point updates; got dtype int32 at \
+['w'] (cast gradients to a float dtype first)
+  """
+  for path, leaf in jax.tree_util.tree_flatten_with_path(updates)[0]:
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f"{name} needs real floating-point updates; got dtype "
+          f"{jnp.dtype(dtype).name} at {jax.tree_util.keystr(path)} (cast "
+          "gradients to a float dtype first)")
+
+
 LeafEncodeFn = Callable[[chex.PRNGKey, jax.Array], dict[str, jax.Array]]
 LeafDecodeFn = Callable[[dict[str, jax.Array], tuple[int, ...], Any],
                         jax.Array]
@@ -84,13 +109,15 @@ def leafwise(
     summable: bool,
     coded_bits_leaf: LeafCodedBitsFn | None = None,
     shared_key: bool = False,
+    name: str = "compressor",
 ) -> Compressor:
   """Lifts a compressor of one array to any pytree, leaf by leaf.
 
   Leaf ``i`` (in ``jax.tree.leaves`` order) is encoded with
   ``fold_in(key, i)``, so leaves draw independent randomness. The message
   has the structure of the updates, each leaf replaced by a
-  :class:`LeafMessage`.
+  :class:`LeafMessage`. Every leaf must have a real floating dtype
+  (:func:`check_floating`: a ``TypeError`` at trace time otherwise).
 
   Args:
     encode_leaf: ``encode_leaf(key, x) -> dict of arrays``.
@@ -99,6 +126,7 @@ def leafwise(
     summable: see :class:`Compressor`.
     coded_bits_leaf: ``coded_bits_leaf(arrays, shape) -> int32`` or None.
     shared_key: see :class:`Compressor`.
+    name: the compressor's name, for error messages.
 
   Returns:
     A :class:`Compressor` over pytrees.
@@ -118,6 +146,7 @@ def leafwise(
   """
 
   def encode(key: chex.PRNGKey, updates: optax.Updates) -> Message:
+    check_floating(name, updates)
     leaves, treedef = jax.tree.flatten(updates)
     messages = [
         LeafMessage(encode_leaf(jax.random.fold_in(key, i), leaf),

@@ -25,7 +25,7 @@ def _cast(wire_dtype: Any) -> base.Compressor:
     return arrays["x"].reshape(shape).astype(dtype)
 
   return base.leafwise(encode_leaf, decode_leaf, unbiased=False,
-                       summable=True)
+                       summable=True, name=jnp.dtype(wire_dtype).name)
 
 
 def float16() -> base.Compressor:

@@ -107,4 +107,4 @@ def natural() -> base.Compressor:
     return flat.reshape(shape).astype(dtype)
 
   return base.leafwise(encode_leaf, decode_leaf, unbiased=True,
-                       summable=False)
+                       summable=False, name="natural")

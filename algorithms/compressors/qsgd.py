@@ -261,4 +261,5 @@ def qsgd(num_levels: int, *,
     return 32 * num_buckets + _elias_record_bits(level)
 
   return base.leafwise(encode_leaf, decode_leaf, unbiased=True,
-                       summable=False, coded_bits_leaf=coded_bits_leaf)
+                       summable=False, coded_bits_leaf=coded_bits_leaf,
+                       name="qsgd")

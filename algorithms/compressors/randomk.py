@@ -222,6 +222,7 @@ def random_k(fraction: float | None = None, *, k: int | None = None,
     return random_subsets(_index_key(words), list(zip(ds, ks)))
 
   def encode(key, updates: optax.Updates) -> topk.TreeMessage:
+    base.check_floating("random_k", updates)
     leaves, treedef = jax.tree.flatten(updates)
     shapes = tuple(tuple(l.shape) for l in leaves)
     words = _key_words(key)

@@ -80,7 +80,7 @@ def sign() -> base.Compressor:
     return flat.reshape(shape).astype(dtype)
 
   return base.leafwise(encode_leaf, decode_leaf, unbiased=False,
-                       summable=False)
+                       summable=False, name="sign")
 
 
 def scaled_sign() -> base.Compressor:
@@ -131,4 +131,4 @@ def scaled_sign() -> base.Compressor:
     return (flat * arrays["scale"][0]).reshape(shape).astype(dtype)
 
   return base.leafwise(encode_leaf, decode_leaf, unbiased=False,
-                       summable=False)
+                       summable=False, name="scaled_sign")

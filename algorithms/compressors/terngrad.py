@@ -117,4 +117,5 @@ def terngrad(*, clip_stddevs: float | None = None) -> base.Compressor:
     return flat.reshape(shape).astype(dtype)
 
   return base.leafwise(encode_leaf, decode_leaf,
-                       unbiased=clip_stddevs is None, summable=False)
+                       unbiased=clip_stddevs is None, summable=False,
+                       name="terngrad")

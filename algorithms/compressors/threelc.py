@@ -261,4 +261,5 @@ def three_lc(sparsity_multiplier: float = 1.0) -> base.Compressor:
     return 8 * zero_run_length(arrays["packed"]) + 32
 
   return base.leafwise(encode_leaf, decode_leaf, unbiased=False,
-                       summable=False, coded_bits_leaf=coded_bits_leaf)
+                       summable=False, coded_bits_leaf=coded_bits_leaf,
+                       name="three_lc")

@@ -111,4 +111,5 @@ def threshold(tau: float, *, capacity: int | None = None,
     return 32 + count * pair_bits
 
   return base.leafwise(encode_leaf, decode_leaf, unbiased=False,
-                       summable=False, coded_bits_leaf=coded_bits_leaf)
+                       summable=False, coded_bits_leaf=coded_bits_leaf,
+                       name="threshold")

@@ -111,7 +111,7 @@ def top_k(fraction: float | None = None, *, k: int | None = None
     return dense.reshape(shape).astype(dtype)
 
   return base.leafwise(encode_leaf, decode_leaf, unbiased=False,
-                       summable=False)
+                       summable=False, name="top_k")
 
 
 def global_top_k(fraction: float | None = None, *, k: int | None = None
@@ -158,6 +158,7 @@ def global_top_k(fraction: float | None = None, *, k: int | None = None
 
   def encode(key, updates: optax.Updates) -> TreeMessage:
     del key
+    base.check_floating("global_top_k", updates)
     leaves, treedef = jax.tree.flatten(updates)
     dtype = jnp.result_type(*leaves) if leaves else jnp.float32
     flat = (jnp.concatenate([jnp.ravel(l).astype(dtype) for l in leaves])

@@ -122,7 +122,7 @@ def stochastic_rounding(num_bits: int) -> base.Compressor:
     return flat.reshape(shape).astype(dtype)
 
   return base.leafwise(encode_leaf, decode_leaf, unbiased=True,
-                       summable=False)
+                       summable=False, name="zipml")
 
 
 def quantize_model(key: chex.PRNGKey, params: optax.Params,
