@@ -2,10 +2,12 @@
 
 The launchers (``train``, ``plot``, ``bench``) are run as modules
 (``python -m distoptax.experiments.train``); this package exports the library
-parts they are built from.
+parts they are built from. ``TrainConfig`` defines every option of ``train``
+once; ``configs`` holds the shipped configurations.
 """
 
 from distoptax.experiments import checkpoint
+from distoptax.experiments import configs
 from distoptax.experiments import curves
 from distoptax.experiments import datasets
 from distoptax.experiments import metrics_io
@@ -18,6 +20,7 @@ from distoptax.experiments.config import TrainConfig
 __all__ = [
     "TrainConfig",
     "checkpoint",
+    "configs",
     "curves",
     "datasets",
     "metrics_io",

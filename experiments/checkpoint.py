@@ -26,10 +26,6 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be used: damaged, foreign, or missing."""
 
 
-def _keystr(path) -> str:
-  return jax.tree_util.keystr(path)
-
-
 class Checkpoints:
   """The checkpoints of one work directory (every process makes one)."""
 
@@ -125,29 +121,46 @@ class Checkpoints:
     return restored.state, restored.meta
 
 
+def _path(keys) -> tuple[str | int, ...]:
+  """A key path by names and indices (as orbax stores the tree)."""
+  out = []
+  for key in keys:
+    for attr in ("name", "key", "idx"):
+      if hasattr(key, attr):
+        out.append(getattr(key, attr))
+        break
+    else:
+      out.append(str(key))
+  return tuple(out)
+
+
+def _describe(path: tuple[str | int, ...]) -> str:
+  return "".join(f"[{p!r}]" for p in path)
+
+
 def _check_matches(stored_tree: Any, like: Any, where: str) -> None:
   """Same leaf paths, shapes and dtypes in the checkpoint as in ``like``."""
-  stored = {_keystr(p): (tuple(m.shape), np.dtype(m.dtype))
-            for p, m in jax.tree_util.tree_flatten_with_path(stored_tree)[0]}
-  expected = {
-      _keystr(p): (tuple(np.shape(x)), np.dtype(x.dtype))
-      for p, x in jax.tree_util.tree_flatten_with_path(
-          ocp.tree.serialize_tree(like, keep_empty_nodes=False))[0]}
-  missing = sorted(set(expected) - set(stored))
-  extra = sorted(set(stored) - set(expected))
+  stored = {_path(p): (tuple(m.shape), np.dtype(m.dtype))
+            for p, m in jax.tree_util.tree_flatten_with_path(stored_tree)[0]
+            if hasattr(m, "shape")}
+  expected = {_path(p): (tuple(np.shape(x)), np.dtype(x.dtype))
+              for p, x in jax.tree_util.tree_flatten_with_path(like)[0]}
+  missing = sorted(set(expected) - set(stored), key=str)
+  extra = sorted(set(stored) - set(expected), key=str)
   if missing or extra:
     raise CheckpointError(
         f"checkpoint {where} was written by another kind of run: it lacks "
-        f"{missing[:3]} and has {extra[:3]} that this run's state has not; "
+        f"{[_describe(p) for p in missing[:3]]} and has "
+        f"{[_describe(p) for p in extra[:3]]} that this run's state has not; "
         "resume it with its own configuration, or start a new run in "
         "another workdir")
   for path, (shape, dtype) in expected.items():
     if stored[path] != (shape, dtype):
       raise CheckpointError(
           f"checkpoint {where} was written by another kind of run: "
-          f"{path} is {stored[path][1]}{list(stored[path][0])} there and "
-          f"{dtype}{list(shape)} here; resume it with its own configuration, "
-          "or start a new run in another workdir")
+          f"{_describe(path)} is {stored[path][1]}{list(stored[path][0])} "
+          f"there and {dtype}{list(shape)} here; resume it with its own "
+          "configuration, or start a new run in another workdir")
 
 
 def latest_step(workdir: str) -> int | None:

@@ -124,16 +124,6 @@ def _overrides() -> dict[str, Any]:
   return dict(flags.FLAGS["config"].override_values)
 
 
-def _number_or_text(value: Any) -> Any:
-  """Parameter values given as text that read as a number (``inf``)."""
-  if isinstance(value, str):
-    try:
-      return float(value)
-    except ValueError:
-      return value
-  return value
-
-
 def _config_from_flags() -> config_lib.TrainConfig:
   """The run's configuration: a config file and overrides, or the saved one.
 
@@ -161,10 +151,9 @@ def _config_from_flags() -> config_lib.TrainConfig:
         metrics_io.read_config(WORKDIR.value))
     values = {**saved.to_json(), **overrides}
   else:
+    # Values read as Python literals: numbers stay numbers, other text
+    # (e.g. non_finite's value=inf) stays text.
     values = _CONFIG.value.to_dict()
-    for name, value in values.items():
-      if name.endswith("_params") and isinstance(value, dict):
-        values[name] = {k: _number_or_text(v) for k, v in value.items()}
   return config_lib.TrainConfig.from_json(values)
 
 

@@ -41,6 +41,11 @@ def test_readme_main_command_runs_a_few_steps(tmp_path):
       capture_output=True, text=True, timeout=300, check=True,
       env={**os.environ, "XLA_FLAGS": ""})
   assert "final test accuracy:" in out.stdout
+  # Progress: a line before the first step compiles, then steps per second
+  # and the time left on each logged step.
+  assert out.stdout.splitlines()[1].startswith("training steps 1-20 of 20")
+  assert re.search(r"step 10/20 .* [\d.]+ steps/s, elapsed 0:00:\d\d, "
+                   r"left 0:00:\d\d", out.stdout), out.stdout
   rows = metrics_io.read(workdir)
   assert [r["step"] for r in rows] == [10, 20]
   for key in ("train_loss", "test_accuracy", "wire_bytes", "simulated_seconds",

@@ -13,6 +13,7 @@ from distoptax.experiments import metrics_io
 from distoptax.experiments import models
 from distoptax.experiments import partition
 from distoptax.experiments import trainer
+from distoptax.experiments.configs import mnist_krum_ipm
 from distoptax.experiments.config import TrainConfig
 
 SMALL = TrainConfig(dataset="digits", hidden=(16,), num_workers=6,
@@ -223,3 +224,17 @@ def test_config_with_parameters_round_trips_through_json():
       preaggregation_params=(("bucket_size", 2),))
   assert TrainConfig.from_json(json.loads(json.dumps(config.to_json()))) == (
       config)
+
+
+def test_krum_ipm_config_says_what_its_log_shows(tmp_path):
+  # The config's docstring: Krum keeps a Byzantine update on (nearly) every
+  # step, while each Byzantine worker is kept on about 1/11 of the steps.
+  assert "any_byzantine_selected_fraction" in mnist_krum_ipm.__doc__
+  config = dataclasses.replace(
+      TrainConfig.from_json(mnist_krum_ipm.get_config().to_dict()),
+      steps=20, log_every=20, checkpoint_every=20)
+  trainer.train(config, str(tmp_path), progress=_quiet)
+  row = metrics_io.read(tmp_path)[-1]
+  assert row["any_byzantine_selected_fraction"] >= 0.9
+  assert row["byzantine_selected_fraction_mean"] == pytest.approx(
+      row["any_byzantine_selected_fraction"] / 11)
