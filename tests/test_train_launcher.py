@@ -30,6 +30,8 @@ def _train(*args, **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args,message", [
+    (["--config.hidden=abc"],
+     "--config.hidden: hidden must be a tuple of ints; got ('abc',)"),
     (["--config.num_workers=abc"],
      "flag --config.num_workers=abc: invalid literal for int()"),
     (["--config.seed=-1"], "--config.seed: seed must be >= 0; got -1"),
