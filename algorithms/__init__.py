@@ -3,5 +3,6 @@
 from distoptax.algorithms import aggregators
 from distoptax.algorithms import attacks
 from distoptax.algorithms import compressors
+from distoptax.algorithms import local
 
-__all__ = ["aggregators", "attacks", "compressors"]
+__all__ = ["aggregators", "attacks", "compressors", "local"]

@@ -31,6 +31,9 @@ from distoptax.worker_axis.keys import transform_key
 from distoptax.distributed.comm_stats import find_comm_stats
 from distoptax.distributed.comm_stats import total_bytes
 from distoptax.distributed.comm_stats import total_coded_bytes
+from distoptax.distributed.local_sgd import local_sgd
+from distoptax.distributed.local_sgd import LocalSGDState
+from distoptax.distributed.local_sgd import STATE_POLICIES
 from distoptax.distributed.powersgd import powersgd
 from distoptax.distributed.powersgd import PowerSGDState
 from distoptax.distributed.runtime import data_parallel
@@ -83,6 +86,7 @@ __all__ = [
     "HierarchicalTopology",
     "InjectedDelay",
     "KINDS",
+    "LocalSGDState",
     "LogNormalDelay",
     "NORMALIZERS",
     "NoStragglers",
@@ -95,6 +99,7 @@ __all__ = [
     "RoundRecord",
     "Rounds",
     "Runtime",
+    "STATE_POLICIES",
     "STRAGGLERS",
     "StepTime",
     "Straggler",
@@ -117,6 +122,7 @@ __all__ = [
     "find_comm_stats",
     "find_selected",
     "local_axis_name",
+    "local_sgd",
     "make_straggler",
     "make_topology",
     "num_workers",

@@ -1,0 +1,22 @@
+"""Pure math of local and federated updates: proximal terms, server rules.
+
+The synchronisation itself (periodic averaging over the worker axis) lives
+in ``distoptax.distributed.local_sgd``; this package holds the per-worker
+and server-side math it composes, with no collective and no mesh.
+"""
+
+from distoptax.algorithms.local.fedopt import FEDOPT_KINDS
+from distoptax.algorithms.local.fedopt import fedopt_server
+from distoptax.algorithms.local.fedopt import FedOptServerState
+from distoptax.algorithms.local.proximal import check_proximal_mu
+from distoptax.algorithms.local.proximal import proximal_gradient
+from distoptax.algorithms.local.proximal import proximal_term
+
+__all__ = [
+    "FEDOPT_KINDS",
+    "FedOptServerState",
+    "check_proximal_mu",
+    "fedopt_server",
+    "proximal_gradient",
+    "proximal_term",
+]
