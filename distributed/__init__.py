@@ -31,6 +31,14 @@ from distoptax.worker_axis.keys import transform_key
 from distoptax.distributed.comm_stats import find_comm_stats
 from distoptax.distributed.comm_stats import total_bytes
 from distoptax.distributed.comm_stats import total_coded_bytes
+from distoptax.distributed.federated import diloco
+from distoptax.distributed.federated import fedadagrad
+from distoptax.distributed.federated import fedadam
+from distoptax.distributed.federated import fedavg
+from distoptax.distributed.federated import fedprox
+from distoptax.distributed.federated import fedyogi
+from distoptax.distributed.federated import post_local_sgd
+from distoptax.distributed.federated import slsgd
 from distoptax.distributed.local_sgd import local_sgd
 from distoptax.distributed.local_sgd import LocalSGDState
 from distoptax.distributed.local_sgd import STATE_POLICIES
@@ -117,8 +125,14 @@ __all__ = [
     "clock_rounds",
     "data_parallel",
     "deadline_schedule",
+    "diloco",
     "drop_schedule",
     "exchange",
+    "fedadagrad",
+    "fedadam",
+    "fedavg",
+    "fedprox",
+    "fedyogi",
     "find_comm_stats",
     "find_selected",
     "local_axis_name",
@@ -130,6 +144,7 @@ __all__ = [
     "powersgd",
     "parameter_server_seconds",
     "pmean",
+    "post_local_sgd",
     "psum",
     "reduce_scatter",
     "replicated",
@@ -138,6 +153,7 @@ __all__ = [
     "ring_all_gather_seconds",
     "ring_all_reduce_seconds",
     "simulate",
+    "slsgd",
     "total_bytes",
     "total_coded_bytes",
     "transform_key",
