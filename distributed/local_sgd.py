@@ -110,6 +110,10 @@ class _Carry(NamedTuple):
   num_syncs: jax.Array
 
 
+_STATIC_HINT = ("under optax.inject_hyperparams list it in static_args "
+                "(e.g. static_args=('period', 'seed'))")
+
+
 def check_period(period: Any) -> int:
   """Returns ``period`` as an int; raises unless it is an int ``>= 1``.
 
@@ -122,9 +126,8 @@ def check_period(period: Any) -> int:
       period, (int, np.integer)):
     raise TypeError(
         f"period must be a Python int >= 1; got {period!r}. It is replicated "
-        f"state (LocalSGDState.period): under optax.inject_hyperparams pass "
-        f"static_args=('period',), and let an adaptive rule rewrite "
-        f"state.period instead")
+        f"state (LocalSGDState.period), not a hyperparameter: "
+        f"{_STATIC_HINT}, and let an adaptive rule rewrite state.period")
   if period < 1:
     raise ValueError(f"period must be an int >= 1; got {period}")
   return int(period)
@@ -133,7 +136,8 @@ def check_period(period: Any) -> int:
 def _check_count(name: str, value: Any) -> int:
   if isinstance(value, (bool, np.bool_)) or not isinstance(
       value, (int, np.integer)):
-    raise TypeError(f"{name} must be an int >= 0; got {value!r}")
+    raise TypeError(f"{name} must be an int >= 0; got {value!r}; "
+                    f"{_STATIC_HINT}")
   if value < 0:
     raise ValueError(f"{name} must be an int >= 0; got {value}")
   return int(value)
@@ -241,6 +245,15 @@ def local_sgd(
     axis_name: the logical worker axis.
     seed: seed of the key stream (salted with :data:`KEY_NAME`).
 
+  Under ``optax.inject_hyperparams`` list the structural integers
+  (``period``, ``seed``, ``warmup_steps``; ``num_trimmed`` of ``slsgd``) in
+  ``static_args``. Hyperparameters used on the workers alone
+  (``proximal_mu``, an inner learning rate of the recipes) can then be
+  scheduled; those that shape the replicated global model (an outer rate,
+  SLSGD's ``alpha``) cannot, since the wrapper's state is per worker: the
+  runtimes refuse it, naming ``global_params``. Schedule them inside
+  ``outer``, whose state is replicated.
+
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with a
     :class:`LocalSGDState`. ``update`` needs ``params`` (the worker's
@@ -295,6 +308,9 @@ def local_sgd(
   _check_transform("worker_transform", worker_transform, optional=True)
   period = check_period(period)
   warmup_steps = _check_count("warmup_steps", warmup_steps)
+  if isinstance(seed, (bool, np.bool_)) or not isinstance(
+      seed, (int, np.integer)):
+    raise TypeError(f"seed must be an int; got {seed!r}; {_STATIC_HINT}")
   local_math.check_proximal_mu(proximal_mu)
   if state_policy not in STATE_POLICIES:
     raise ValueError(f"state_policy must be one of {STATE_POLICIES}; got "
