@@ -8,6 +8,7 @@ import pytest
 
 from distoptax import algorithms as alg
 from distoptax import distributed as dist
+from distoptax import worker_axis
 from distoptax.algorithms.compressors import base as compressor_base
 from distoptax.distributed import comm_stats
 from tests import helpers
@@ -80,8 +81,10 @@ def test_coded_bytes_follow_the_declared_code(name):
   if compressor.coded_bits is None:
     np.testing.assert_array_equal(comm.coded_bytes, comm.all_gather_bytes)
     return
-  # The step key of aggregate(seed=0) and each worker's key from it.
-  step_key = jax.random.split(jax.random.key(0))[0]
+  # The step key of aggregate(seed=0) (its salted stream) and each worker's
+  # key from it.
+  stream = worker_axis.transform_key(0, "distoptax.distributed.aggregate")
+  step_key = jax.random.split(jax.random.wrap_key_data(stream))[0]
   for i in range(4):
     key = step_key if compressor.shared_key else jax.random.fold_in(
         step_key, i)

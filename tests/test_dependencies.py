@@ -6,8 +6,6 @@ import subprocess
 import sys
 import tomllib
 
-import pytest
-
 _EXPERIMENT_ONLY = ("sklearn", "matplotlib", "mlxtend", "ml_collections",
                     "orbax")
 _PYPROJECT = pathlib.Path(__file__).parent.parent / "pyproject.toml"
@@ -28,11 +26,6 @@ def test_library_does_not_import_experiment_dependencies():
       imported & set(_EXPERIMENT_ONLY))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="algorithms/compressors/base.py and topk.py build their message "
-    "types with flax.struct.dataclass; when they no longer do, drop this "
-    "mark and flax from the core dependencies in pyproject.toml")
 def test_library_does_not_import_flax():
   # rich comes with flax.
   assert not {"flax", "rich"} & _modules_after_importing_the_library()
@@ -47,7 +40,7 @@ def _name(requirement: str) -> str:
 def test_experiment_dependencies_are_an_extra_that_tests_install():
   project = tomllib.loads(_PYPROJECT.read_text())["project"]
   core = {_name(r) for r in project["dependencies"]}
-  assert core - {"flax"} == {"jax", "jaxlib", "optax", "chex", "numpy"}
+  assert core == {"jax", "jaxlib", "optax", "chex", "numpy"}
   extras = project["optional-dependencies"]
   assert {"absl-py", "matplotlib", "ml-collections", "mlxtend",
           "orbax-checkpoint", "rich", "scikit-learn", "flax"} <= {

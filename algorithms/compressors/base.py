@@ -1,9 +1,10 @@
 """The compressor contract: what travels on the wire and how it is read."""
 
+import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import chex
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -48,7 +49,9 @@ class Compressor(NamedTuple):
   shared_key: bool = False
 
 
-@flax.struct.dataclass
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["arrays"], meta_fields=["shape", "dtype"])
+@dataclasses.dataclass(frozen=True)
 class LeafMessage:
   """The message of one array: the arrays that travel and its static layout.
 
@@ -61,8 +64,8 @@ class LeafMessage:
   """
 
   arrays: dict[str, jax.Array]
-  shape: tuple[int, ...] = flax.struct.field(pytree_node=False)
-  dtype: Any = flax.struct.field(pytree_node=False)
+  shape: tuple[int, ...]
+  dtype: Any
 
 
 def is_leaf_message(x: Any) -> bool:

@@ -15,9 +15,10 @@ few times the cost of a copy instead of ``lax.top_k``'s full sort). Indices
 travel in ascending order.
 """
 
+import dataclasses
+import functools
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +28,9 @@ from distoptax.algorithms.compressors import base
 from distoptax.algorithms.compressors import selection
 
 
-@flax.struct.dataclass
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["arrays"], meta_fields=["treedef", "shapes", "dtypes"])
+@dataclasses.dataclass(frozen=True)
 class TreeMessage:
   """The message of a whole pytree: its arrays and its static layout.
 
@@ -40,9 +43,9 @@ class TreeMessage:
   """
 
   arrays: dict[str, Any]
-  treedef: Any = flax.struct.field(pytree_node=False)
-  shapes: tuple[tuple[int, ...], ...] = flax.struct.field(pytree_node=False)
-  dtypes: tuple[Any, ...] = flax.struct.field(pytree_node=False)
+  treedef: Any
+  shapes: tuple[tuple[int, ...], ...]
+  dtypes: tuple[Any, ...]
 
 
 def top_k(fraction: float | None = None, *, k: int | None = None
