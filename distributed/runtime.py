@@ -215,12 +215,6 @@ def _check_params(params: optax.Params) -> None:
     raise ValueError(f"params has no arrays to train; got {params!r}")
 
 
-def _replicated_paths(tree: Any) -> list[str]:
-  flat = jax.tree_util.tree_flatten_with_path(
-      replication.replication_mask(tree))[0]
-  return [jax.tree_util.keystr(path) for path, r in flat if r]
-
-
 _REPLICATION_HINT = (
     "Replicated state (worker_axis.replicated_fields) must be computed from "
     "values that are the same on every worker (collective results, other "
