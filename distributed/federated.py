@@ -112,7 +112,7 @@ def fedprox(
     axis_name: str = collectives.WORKERS,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""FedProx: FedAvg whose workers add :math:`\frac{\mu}{2}\lVert w - x\rVert^2`.
+  r"""FedProx: FedAvg plus a proximal term towards the last synced model.
 
   .. math::
     w_i \leftarrow w_i - \eta\,\big(g_i + \mu (w_i - x)\big)
