@@ -222,6 +222,15 @@ def local_sgd(
   into :math:`x` (one model all-reduce). The outer optimizer and the
   proximal term act only after the warm-up.
 
+  Under ``optax.inject_hyperparams`` list the structural integers
+  (``period``, ``seed``, ``warmup_steps``; ``num_trimmed`` of ``slsgd``) in
+  ``static_args``. Hyperparameters used on the workers alone
+  (``proximal_mu``, an inner learning rate of the recipes) can then be
+  scheduled; those that shape the replicated global model (an outer rate,
+  SLSGD's ``alpha``) cannot, since the wrapper's state is per worker: the
+  runtimes refuse it, naming ``global_params``. Schedule them inside
+  ``outer``, whose state is replicated.
+
   Args:
     inner: the workers' optimizer, e.g. ``optax.sgd(0.1)``; it receives the
       worker's ``params`` and the extra arguments (``value=``).
@@ -244,15 +253,6 @@ def local_sgd(
       advances on sync steps only.
     axis_name: the logical worker axis.
     seed: seed of the key stream (salted with :data:`KEY_NAME`).
-
-  Under ``optax.inject_hyperparams`` list the structural integers
-  (``period``, ``seed``, ``warmup_steps``; ``num_trimmed`` of ``slsgd``) in
-  ``static_args``. Hyperparameters used on the workers alone
-  (``proximal_mu``, an inner learning rate of the recipes) can then be
-  scheduled; those that shape the replicated global model (an outer rate,
-  SLSGD's ``alpha``) cannot, since the wrapper's state is per worker: the
-  runtimes refuse it, naming ``global_params``. Schedule them inside
-  ``outer``, whose state is replicated.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with a

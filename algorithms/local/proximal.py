@@ -120,5 +120,6 @@ def proximal_gradient(grads: optax.Updates, params: optax.Params,
   """
   check_proximal_mu(mu)
   return jax.tree.map(
-      lambda g, w, a: (g + mu * (w - lax.stop_gradient(a))).astype(g.dtype),
+      lambda g, w, a: (g + mu * (w - lax.stop_gradient(a))).astype(
+          jnp.result_type(g)),
       grads, params, anchor)
