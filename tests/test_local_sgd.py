@@ -536,3 +536,19 @@ def test_update_without_params_says_what_it_needs():
 
   with pytest.raises(ValueError, match="needs params"):
     jax.vmap(step, axis_name=dist.WORKERS)(jnp.ones((2, 3)))
+
+
+def test_unknown_extra_args_are_ignored():
+  tx = dist.local_sgd(optax.adam(0.01), 1, state_policy="average",
+                      rule=alg.aggregators.median())
+
+  def step(w, g):
+    state = tx.init(w)
+    out, state = tx.update(g, state, w, value=jnp.sum(g), unknown_arg=3)
+    return out, state.num_syncs
+
+  w = jnp.zeros((3, 2))
+  g = jnp.arange(6.0).reshape(3, 2)
+  out, syncs = jax.jit(jax.vmap(step, axis_name=dist.WORKERS))(w, g)
+  np.testing.assert_array_equal(syncs, 1)
+  _rows_equal(out)   # Every worker moves to the same global model.
