@@ -22,7 +22,8 @@ def ref_one_shot_selection(x, f):
 @functools.lru_cache(maxsize=None)
 def batched(f):
   rule = aggregators.bulyan(f)
-  return jax.jit(jax.vmap(lambda x: rule.update(x, None)))
+  return jax.jit(jax.vmap(
+      lambda x: rule.update(x, rule.init(None, x.shape[0]))))
 
 
 def stacks_for(n, f, seed, count=40, d=5):
@@ -120,7 +121,7 @@ def test_permutation_equivariance_up_to_ties_and_pytree_leaves():
   rng = np.random.default_rng(4)
   n, f = 12, 2
   rule = aggregators.bulyan(f)
-  update = jax.jit(lambda t: rule.update(t, None))
+  update = jax.jit(lambda t: rule.update(t, rule.init(None, n)))
   tree = lambda x: {"a": jnp.asarray(x[:, :4]).reshape(n, 2, 2),
                     "b": jnp.asarray(x[:, 4:])}
   flat = lambda t: np.concatenate([np.asarray(t["a"]).ravel(),
@@ -141,8 +142,8 @@ def test_precondition_at_init_and_trace(n, f):
   msg = rf"bulyan needs n >= 4f \+ 3; got n={n}, f={f}"
   with pytest.raises(ValueError, match=msg):
     rule.init(None, n)
-  with pytest.raises(ValueError, match=msg):
-    jax.jit(rule.update)(jnp.zeros((n, 3)), None)
+  with pytest.raises(ValueError, match=msg):  # A state for 4f + 3 rows.
+    jax.jit(rule.update)(jnp.zeros((n, 3)), rule.init(None, 4 * f + 3))
   with pytest.raises(ValueError, match=r"got f=-1"):
     aggregators.bulyan(-1)
 

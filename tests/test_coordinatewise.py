@@ -276,7 +276,7 @@ def test_output_stays_in_the_honest_range(name):
   n, f = 9, 4
   update = jax.jit(RULES[name](f).update)
   for x, honest in byzantine_stacks(n, f, 30, 11):
-    out = np.asarray(update(x, optax.EmptyState())[0])
+    out = np.asarray(update(x, RULES[name](f).init(None, n))[0])
     assert np.all(out >= honest.min(0)) and np.all(out <= honest.max(0))
 
 
@@ -292,7 +292,7 @@ def test_output_stays_near_the_centre(name):
     c = np.asarray(center(x))
     assert np.all(c >= honest.min(0)) and np.all(c <= honest.max(0))
     reach = np.abs(honest - c).max(0)
-    out = np.asarray(update(x, optax.EmptyState())[0])
+    out = np.asarray(update(x, RULES[name](f).init(None, n))[0])
     assert np.all(np.abs(out - c) <= reach * (1 + 1e-6) + 1e-6)
 
 
@@ -310,7 +310,7 @@ def test_n_at_most_2f_is_rejected_at_init_and_trace(name):
   with pytest.raises(ValueError, match=rf"{name} needs n > 2f; got n=4, f=2"):
     rule.init(None, 4)
   with pytest.raises(ValueError, match=r"got n=4, f=2"):
-    rule.update(jnp.zeros((4, 3)), optax.EmptyState())
+    rule.update(jnp.zeros((4, 3)), rule.init(None, 5))
   rule.init(None, 5)
 
 

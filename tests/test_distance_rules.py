@@ -119,7 +119,8 @@ def test_combine_rows_ignores_zero_weight_nonfinite_rows():
 @functools.lru_cache(maxsize=None)
 def mda_update(f):
   rule = mda.minimum_diameter_averaging(f)
-  return jax.jit(jax.vmap(lambda x: rule.update(x, None)))
+  return jax.jit(jax.vmap(
+      lambda x: rule.update(x, rule.init(None, x.shape[0]))))
 
 
 @pytest.mark.parametrize("n,f", [(5, 2), (9, 3)])
@@ -152,8 +153,8 @@ def test_mda_with_nonfinite_rows_and_f_zero():
   out, state = mda_update(3)(jnp.asarray(np.broadcast_to(x, (40, 9, 4))))
   assert np.all(np.isfinite(out))
   assert not np.any(np.asarray(state.selected[0])[[0, 4, 7]])
-  mean, _ = jax.jit(mda.minimum_diameter_averaging(0).update)(
-      jnp.asarray(x[1:4]), None)
+  rule = mda.minimum_diameter_averaging(0)
+  mean, _ = jax.jit(rule.update)(jnp.asarray(x[1:4]), rule.init(None, 3))
   np.testing.assert_allclose(mean, x[1:4].mean(0), rtol=1e-6)
 
 
@@ -161,7 +162,8 @@ def test_mda_preconditions_and_subset_cap():
   with pytest.raises(ValueError, match=r"needs n > 2f; got n=6, f=3"):
     mda.minimum_diameter_averaging(3).init(None, 6)
   with pytest.raises(ValueError, match=r"needs n > 2f; got n=4, f=2"):
-    jax.jit(mda.minimum_diameter_averaging(2).update)(jnp.zeros((4, 2)), None)
+    jax.jit(mda.minimum_diameter_averaging(2).update)(
+        jnp.zeros((4, 2)), mda.minimum_diameter_averaging(2).init(None, 5))
   with pytest.raises(ValueError,
                      match=r"C\(32, 8\) = 10518300 > max_subsets=100000; "
                      r"got n=32, f=8"):
@@ -177,7 +179,8 @@ def test_static_clipping_rule_and_function_match_reference():
   x[3] = 0.0
   clip_fn = jax.jit(clipping.clip_to_norm)
   # A traced max_norm (as under optax.inject_hyperparams).
-  rule_fn = jax.jit(lambda x, c: clipping.static_clipping(c).update(x, None))
+  rule_fn = jax.jit(lambda x, c: clipping.static_clipping(c).update(
+      x, clipping.static_clipping(c).init(None, x.shape[0])))
   for c in (0.5, 2.0, 100.0):
     clipped = clip_fn(jnp.asarray(x), c)
     np.testing.assert_allclose(clipped, references.ref_clip(x, c), rtol=1e-5,
@@ -203,7 +206,7 @@ def test_arc_matches_reference(n, f):
     x = x.astype(np.float32)
     np.testing.assert_allclose(clip_fn(jnp.asarray(x)),
                                references.ref_arc(x, f), rtol=1e-5, atol=1e-6)
-    out, _ = rule_fn(jnp.asarray(x), None)
+    out, _ = rule_fn(jnp.asarray(x), rule.init(None, n))
     np.testing.assert_allclose(out, references.ref_arc(x, f).mean(0),
                                rtol=1e-5, atol=1e-6)
 
@@ -219,8 +222,10 @@ def test_arc_constant_is_the_papers():
   np.testing.assert_array_equal(out, [1, 2, 3, 4, 5, 6, 6, 6, 6, 6])
 
 
-CLIPPERS = (jax.jit(clipping.static_clipping(1.0).update),
-            jax.jit(clipping.adaptive_robust_clipping(3).update),
+CLIPPING_RULES = (clipping.static_clipping(1.0),
+                  clipping.adaptive_robust_clipping(3))
+CLIPPERS = (jax.jit(CLIPPING_RULES[0].update),
+            jax.jit(CLIPPING_RULES[1].update),
             jax.jit(lambda x: clipping.clip_to_norm(x, 1.0)),
             jax.jit(lambda x: clipping.adaptive_robust_clip(x, 3)))
 
@@ -231,8 +236,8 @@ def test_clipping_rules_stay_finite_with_bad_workers(bad):
   x = rng.normal(size=(7, 6)).astype(np.float32)
   x[[0, 5]] = bad
   x[2, 3] = -np.inf if np.isfinite(bad) else bad
-  for rule_fn in CLIPPERS[:2]:
-    out, _ = rule_fn(jnp.asarray(x), None)
+  for rule, rule_fn in zip(CLIPPING_RULES, CLIPPERS[:2]):
+    out, _ = rule_fn(jnp.asarray(x), rule.init(None, 7))
     assert np.all(np.isfinite(out))
   for fn in CLIPPERS[2:]:
     out = np.asarray(fn(jnp.asarray(x)))
@@ -290,8 +295,8 @@ def test_clipping_matches_float64_on_extreme_finite_rows(c):
                              atol=TINY)
   assert np.all(np.linalg.norm(clipped.astype(np.float64), axis=1)
                 <= c * (1 + 1e-6))
-  out, _ = jax.jit(lambda x, c: clipping.static_clipping(c).update(x, None))(
-      jnp.asarray(x), c)
+  out, _ = jax.jit(lambda x, c: clipping.static_clipping(c).update(
+      x, clipping.static_clipping(c).init(None, 8)))(jnp.asarray(x), c)
   np.testing.assert_allclose(out, references.ref_clip(x, c).mean(0),
                              rtol=1e-6, atol=TINY)
   stage = aggregators.preaggregation.static_clipping(c)
@@ -351,8 +356,8 @@ def test_clipping_argument_validation():
                      r"f=3"):
     clipping.adaptive_robust_clipping(3).init(None, 6)
   with pytest.raises(ValueError, match=r"got n=4, f=2"):
-    jax.jit(clipping.adaptive_robust_clipping(2).update)(jnp.zeros((4, 2)),
-                                                         None)
+    jax.jit(clipping.adaptive_robust_clipping(2).update)(
+        jnp.zeros((4, 2)), clipping.adaptive_robust_clipping(2).init(None, 5))
   with pytest.raises(ValueError, match=r"radius > 0; got radius=-1"):
     clipping.centered_clipping(-1.0)
   with pytest.raises(ValueError, match=r"iterations >= 1; got iterations=0"):

@@ -60,13 +60,15 @@ def rule_of(name, f, m=None):
 def jitted(name, f, m=None):
   """One jitted update per rule, reused across tests (compiles once a shape)."""
   rule = rule_of(name, f, m)
-  return jax.jit(lambda t: rule.update(t, None))
+  return jax.jit(
+      lambda t: rule.update(t, rule.init(None, aggregators.stack_size(t))))
 
 
 @functools.lru_cache(maxsize=None)
 def batched(name, f, m=None):
   rule = rule_of(name, f, m)
-  return jax.jit(jax.vmap(lambda t: rule.update(t, None)))
+  return jax.jit(jax.vmap(
+      lambda t: rule.update(t, rule.init(None, aggregators.stack_size(t)))))
 
 
 @pytest.mark.parametrize("n,f", [(6, 1), (11, 3)])
@@ -214,8 +216,8 @@ def test_krum_precondition_at_init_and_at_trace(n, f):
     msg = rf"{name} needs n > 2f \+ 2; got n={n}, f={f}"
     with pytest.raises(ValueError, match=msg):
       rule.init(None, n)
-    with pytest.raises(ValueError, match=msg):
-      jax.jit(rule.update)(jnp.zeros((n, 3)), None)
+    with pytest.raises(ValueError, match=msg):  # A state for n + 4 rows.
+      jax.jit(rule.update)(jnp.zeros((n, 3)), rule.init(None, n + 4))
 
 
 def test_argument_validation():

@@ -18,7 +18,8 @@ from tests import references
 @functools.lru_cache(maxsize=None)
 def nnm_batched(f):
   stage = pre.nearest_neighbor_mixing(f)
-  return jax.jit(jax.vmap(lambda x: stage.update(x, None)[0]))
+  return jax.jit(jax.vmap(
+      lambda x: stage.update(x, stage.init(None, x.shape[0]))[0]))
 
 
 @pytest.mark.parametrize("n,f", [(7, 2), (10, 4)])

@@ -835,6 +835,25 @@ def test_required_inputs_are_checked(key):
       call()
 
 
+def test_a_state_built_for_other_workers_is_rejected(key):
+  """A state from ``init(params, n0)`` updated with ``n != n0`` rows: a
+  ValueError naming both counts (at trace time), in either direction; a
+  state that ``init`` did not build (``None``) is a TypeError."""
+  rule = compiled(key)[0]
+  for built, given in ((N + 2, N), (N, N + 2)):
+    state = rule.init(PARAMS0, built)
+    with pytest.raises(ValueError, match=(
+        rf"state was built for n={built} workers; got a stack of "
+        rf"n={given}")):
+      jax.eval_shape(
+          lambda s, st: rule.update(s, st, PARAMS0, value_fn=value_fn),
+          to_tree(np.ones((given, D))), state)
+  with pytest.raises(TypeError, match=r"needs the state its init returned"):
+    jax.eval_shape(
+        lambda s: rule.update(s, None, PARAMS0, value_fn=value_fn),
+        to_tree(np.ones((N, D))))
+
+
 def test_preconditions_name_n_and_f(key):
   row = row_of(key)
   if row.precondition is None:
@@ -845,8 +864,12 @@ def test_preconditions_name_n_and_f(key):
   rule = compiled(key)[0]
   with pytest.raises(ValueError, match=message):
     rule.init(PARAMS0, n)
+  # At trace, a stack of n rows with a state that init built for N: the
+  # rule's own precondition or, where a stage without one runs first, the
+  # state check; either way a ValueError naming the stack's n.
   state = init_state(key)
-  with pytest.raises(ValueError, match=message):  # At trace, from the stack.
+  mismatch = rf"state was built for n={N} workers; got a stack of n={n}"
+  with pytest.raises(ValueError, match=rf"{message}|{mismatch}"):
     jax.jit(lambda s, st: rule.update(s, st, PARAMS0, value_fn=value_fn))(
         to_tree(np.ones((n, D))), state)
   rule.init(PARAMS0, n + 1)  # The bound is exact.

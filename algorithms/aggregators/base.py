@@ -1,6 +1,8 @@
 """The aggregation-rule contract shared by every robust and plain rule."""
 
 from collections.abc import Callable
+import dataclasses
+import operator
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -68,17 +70,71 @@ def stack_size(stacked_updates: optax.Updates) -> int:
   return sizes.pop()
 
 
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class WorkerCount:
+  """The number of workers a rule's state was built for.
+
+  A static pytree node (no leaves, like ``optax.EmptyState``): free under
+  ``jit``, ``vmap`` and ``shard_map``, and readable at trace time, so that
+  ``update`` can reject a stack of another size. The state of every
+  stateless rule, and a field of the states that hold no per-worker array.
+
+  Attributes:
+    num_workers: ``n`` as given to ``init``.
+  """
+
+  num_workers: int
+
+
+def worker_count(num_workers: int) -> WorkerCount:
+  """``WorkerCount(num_workers)``; ``TypeError`` unless it is an integer."""
+  try:
+    return WorkerCount(operator.index(num_workers))
+  except TypeError:
+    raise TypeError(
+        f"num_workers must be an integer; got {type(num_workers).__name__} "
+        f"{num_workers!r}") from None
+
+
+def check_state(name: str, state: Any, state_type: type, n: int) -> None:
+  """Raises unless ``state`` is what ``init`` built for ``n`` workers.
+
+  Args:
+    name: the rule, for messages.
+    state: what ``update`` received; its ``num_workers`` is the count its
+      ``init`` was given.
+    state_type: the class ``init`` returns.
+    n: the stack's worker count.
+
+  Raises:
+    TypeError: if ``state`` is not a ``state_type`` (e.g. ``None``).
+    ValueError: naming both counts, if the state was built for another
+      number of workers.
+  """
+  if not isinstance(state, state_type):
+    raise TypeError(
+        f"{name} update needs the state its init returned (a "
+        f"{state_type.__name__}); got {type(state).__name__}")
+  if state.num_workers != n:
+    raise ValueError(
+        f"{name} state was built for n={state.num_workers} workers; got a "
+        f"stack of n={n}")
+
+
 def stateless_rule(
     aggregate_fn: Callable[[optax.Updates], optax.Updates],
     *,
     check_workers: Callable[[int], None] | None = None,
     is_mean: bool = False,
+    name: str = "rule",
 ) -> AggregationRule:
   """Builds a stateless :class:`AggregationRule` from a function of the stack.
 
-  ``init`` returns ``optax.EmptyState()``; ``update`` checks the stack's
+  ``init`` returns a :class:`WorkerCount`; ``update`` checks the stack's
   leading worker axis with :func:`stack_size` (so a malformed stack always
-  raises), ignores ``params`` and extra arguments, and returns
+  raises) and against the count ``init`` was given (:func:`check_state`),
+  ignores ``params`` and extra arguments, and returns
   ``(aggregate_fn(stacked_updates), state)``.
 
   Args:
@@ -89,9 +145,10 @@ def stateless_rule(
       ``num_workers`` and by ``update`` (at trace time) with the stack size.
     is_mean: see :class:`AggregationRule`; True only if ``aggregate_fn`` is
       exactly the arithmetic mean over workers.
+    name: the rule's name, for messages.
 
   Returns:
-    An :class:`AggregationRule` whose state is ``optax.EmptyState()``.
+    An :class:`AggregationRule` whose state is a :class:`WorkerCount`.
 
   Example:
     >>> import jax
@@ -102,31 +159,36 @@ def stateless_rule(
     ...     raise ValueError(f"max needs n >= 2; got n={n}")
     >>> rule = base.stateless_rule(
     ...     lambda stack: jax.tree.map(lambda x: x.max(axis=0), stack),
-    ...     check_workers=check)
+    ...     check_workers=check, name="max")
     >>> rule.update(jnp.array([[1.0, 5.0], [3.0, 2.0]]), rule.init(None, 2))
-    (Array([3., 5.], dtype=float32), EmptyState())
+    (Array([3., 5.], dtype=float32), WorkerCount(num_workers=2))
     >>> rule.init(None, 1)
     Traceback (most recent call last):
     ...
     ValueError: max needs n >= 2; got n=1
+    >>> rule.update(jnp.zeros((3, 2)), rule.init(None, 2))
+    Traceback (most recent call last):
+    ...
+    ValueError: max state was built for n=2 workers; got a stack of n=3
   """
 
-  def init_fn(params: optax.Params, num_workers: int) -> optax.EmptyState:
+  def init_fn(params: optax.Params, num_workers: int) -> WorkerCount:
     del params
     if check_workers is not None:
       check_workers(num_workers)
-    return optax.EmptyState()
+    return worker_count(num_workers)
 
   def update_fn(
       stacked_updates: optax.Updates,
-      state: optax.EmptyState,
+      state: WorkerCount,
       params: optax.Params | None = None,
       **extra_args: Any,
-  ) -> tuple[optax.Updates, optax.EmptyState]:
+  ) -> tuple[optax.Updates, WorkerCount]:
     del params, extra_args
     n = stack_size(stacked_updates)
     if check_workers is not None:
       check_workers(n)
+    check_state(name, state, WorkerCount, n)
     return aggregate_fn(stacked_updates), state
 
   return AggregationRule(init_fn, update_fn, is_mean=is_mean)

@@ -34,6 +34,11 @@ class BulyanState(NamedTuple):
 
   selected: jax.Array
 
+  @property
+  def num_workers(self) -> int:
+    """The number of workers ``init`` built this state for."""
+    return self.selected.shape[0]
+
 
 def check_bulyan_workers(n: int, f: int) -> None:
   """Raises ``ValueError`` unless ``n >= 4f + 3``."""
@@ -191,9 +196,10 @@ def bulyan(num_byzantine: int) -> base.AggregationRule:
       params: optax.Params | None = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, BulyanState]:
-    del params, extra_args, state
+    del params, extra_args
     n = base.stack_size(stacked_updates)
     check_bulyan_workers(n, f)
+    base.check_state("bulyan", state, BulyanState, n)
     theta = n - 2 * f
     info = distances.distance_info(stacked_updates)
     order = recursive_krum_selection(info.squared_distances, info.nonfinite,

@@ -37,6 +37,11 @@ class ByzantineSGDState(NamedTuple):
   count: jax.Array
   no_majority: jax.Array
 
+  @property
+  def num_workers(self) -> int:
+    """The number of workers ``init`` built this state for."""
+    return self.a.shape[0]
+
 
 def _check_workers(num_byzantine: int | None, n: int) -> None:
   if n < 1:
@@ -305,10 +310,7 @@ def byzantine_sgd(
     del extra_args
     n = base.stack_size(stacked_updates)
     _check_workers(num_byzantine, n)
-    if state.a.shape != (n,):
-      raise ValueError(
-          f"byzantine_sgd state was built for n={state.a.shape[0]} workers; "
-          f"got a stack of n={n}")
+    base.check_state("byzantine_sgd", state, ByzantineSGDState, n)
     base.check_params(
         "byzantine_sgd", params, stacked_updates,
         "byzantine_sgd needs the current params x_t: call "

@@ -371,7 +371,7 @@ def static_clipping(max_norm: float) -> base.AggregationRule:
     return _mean_of_clipped(stacked_updates, None,
                             _split(max_norm, _accumulator(stacked_updates)))
 
-  return base.stateless_rule(aggregate)
+  return base.stateless_rule(aggregate, name="static_clipping")
 
 
 def adaptive_robust_clipping(num_byzantine: int) -> base.AggregationRule:
@@ -422,7 +422,8 @@ def adaptive_robust_clipping(num_byzantine: int) -> base.AggregationRule:
   return base.stateless_rule(
       aggregate,
       check_workers=lambda n: check_arc_workers("adaptive_robust_clipping",
-                                                n, f))
+                                                n, f),
+      name="adaptive_robust_clipping")
 
 
 class CenteredClippingState(NamedTuple):
@@ -431,9 +432,16 @@ class CenteredClippingState(NamedTuple):
   Attributes:
     center: the previous aggregate (zeros before the first step), one
       worker's shape; the next step starts its iterations from it.
+    workers: the number of workers ``init`` was given (static).
   """
 
   center: optax.Updates
+  workers: base.WorkerCount
+
+  @property
+  def num_workers(self) -> int:
+    """The number of workers ``init`` built this state for."""
+    return self.workers.num_workers
 
 
 def centered_clipping(radius: float, *,
@@ -496,11 +504,11 @@ def centered_clipping(radius: float, *,
         f"iterations={iterations!r}")
 
   def init_fn(params: optax.Params, num_workers: int) -> CenteredClippingState:
-    del num_workers
     if params is None:
       raise ValueError(
           "centered_clipping needs params at init to shape its centre")
-    return CenteredClippingState(center=jax.tree.map(jnp.zeros_like, params))
+    return CenteredClippingState(center=jax.tree.map(jnp.zeros_like, params),
+                                 workers=base.worker_count(num_workers))
 
   def update_fn(
       stacked_updates: optax.Updates,
@@ -509,7 +517,8 @@ def centered_clipping(radius: float, *,
       **extra_args: Any,
   ) -> tuple[optax.Updates, CenteredClippingState]:
     del params, extra_args
-    base.stack_size(stacked_updates)
+    base.check_state("centered_clipping", state, CenteredClippingState,
+                     base.stack_size(stacked_updates))
     radius_norm = _split(radius, _accumulator(stacked_updates))
 
     def step(_, v):
@@ -519,6 +528,6 @@ def centered_clipping(radius: float, *,
     center = lax.fori_loop(0, iterations, step, state.center)
     out = jax.tree.map(lambda c, u: c.astype(u.dtype), center,
                        jax.tree.map(lambda leaf: leaf[0], stacked_updates))
-    return out, CenteredClippingState(center)
+    return out, CenteredClippingState(center, state.workers)
 
   return base.AggregationRule(init_fn, update_fn)

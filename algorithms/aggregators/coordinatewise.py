@@ -61,7 +61,7 @@ def _coordinatewise_rule(
       check_honest_majority(name, n, f)
 
   return base.stateless_rule(lambda stacked: jax.tree.map(leaf_fn, stacked),
-                             check_workers=check)
+                             check_workers=check, name=name)
 
 
 def median(num_byzantine: int | None = None) -> base.AggregationRule:

@@ -46,6 +46,11 @@ class GeometricMedianState(NamedTuple):
   weights: jax.Array
   iterations: jax.Array
 
+  @property
+  def num_workers(self) -> int:
+    """The number of workers ``init`` built this state for."""
+    return self.weights.shape[0]
+
 
 def _scale_exponent(biggest: jax.Array) -> jax.Array:
   """``k`` with ``2**k`` in ``(biggest / 2, biggest]`` (0 if ``biggest <= 0``).
@@ -228,9 +233,10 @@ def geometric_median(
       params: optax.Params | None = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, GeometricMedianState]:
-    del params, extra_args, state
+    del params, extra_args
     n = base.stack_size(stacked_updates)
     check(n)
+    base.check_state("geometric_median", state, GeometricMedianState, n)
     leaves, treedef = jax.tree.flatten(stacked_updates)
     xs = [leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32))
           for leaf in leaves]

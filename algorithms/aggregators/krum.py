@@ -28,6 +28,11 @@ class KrumState(NamedTuple):
 
   selected: jax.Array
 
+  @property
+  def num_workers(self) -> int:
+    """The number of workers ``init`` built this state for."""
+    return self.selected.shape[0]
+
 
 def check_krum_workers(name: str, n: int, f: int) -> None:
   """Raises ``ValueError`` unless ``n > 2f + 2`` (Krum's precondition)."""
@@ -136,11 +141,11 @@ def krum(num_byzantine: int) -> base.AggregationRule:
     del params, extra_args
     n = base.stack_size(stacked_updates)
     check_krum_workers("krum", n, f)
+    base.check_state("krum", state, KrumState, n)
     info = distances.distance_info(stacked_updates)
     scores = krum_scores(info.squared_distances, f, info.nonfinite)
     best = jnp.argmin(scores)  # First occurrence: lowest index on ties.
     selected = jax.nn.one_hot(best, n, dtype=jnp.float32)
-    del state
     return distances.take_row(stacked_updates, best), KrumState(selected)
 
   return base.AggregationRule(init_fn, update_fn)
@@ -218,9 +223,10 @@ def multi_krum(num_byzantine: int,
       params: optax.Params | None = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, KrumState]:
-    del params, extra_args, state
+    del params, extra_args
     n = base.stack_size(stacked_updates)
     m = resolve(n)
+    base.check_state("multi_krum", state, KrumState, n)
     info = distances.distance_info(stacked_updates)
     scores = krum_scores(info.squared_distances, f, info.nonfinite)
     chosen = _lowest(scores, m)

@@ -53,4 +53,4 @@ def majority_vote() -> base.AggregationRule:
     return jnp.sign(base.sum_over_workers(votes)).astype(x.dtype)
 
   return base.stateless_rule(lambda stacked: jax.tree.map(vote, stacked),
-                             is_mean=False)
+                             is_mean=False, name="majority_vote")

@@ -27,6 +27,11 @@ class MinimumDiameterState(NamedTuple):
 
   selected: jax.Array
 
+  @property
+  def num_workers(self) -> int:
+    """The number of workers ``init`` built this state for."""
+    return self.selected.shape[0]
+
 
 def _subset_masks(n: int, size: int) -> np.ndarray:
   """All subsets of ``range(n)`` of ``size`` as bool masks, lexicographic."""
@@ -130,9 +135,11 @@ def minimum_diameter_averaging(
       params: optax.Params | None = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, MinimumDiameterState]:
-    del params, extra_args, state
+    del params, extra_args
     n = base.stack_size(stacked_updates)
     check(n)
+    base.check_state("minimum_diameter_averaging", state,
+                     MinimumDiameterState, n)
     masks = jnp.asarray(_subset_masks(n, n - f))
     info = distances.distance_info(stacked_updates)
     diameters = subset_diameters(info.squared_distances, masks)

@@ -32,4 +32,4 @@ def mean() -> base.AggregationRule:
 
   return base.stateless_rule(
       lambda stacked: jax.tree.map(base.mean_over_workers, stacked),
-      is_mean=True)
+      is_mean=True, name="mean")

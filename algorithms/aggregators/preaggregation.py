@@ -51,16 +51,17 @@ def _same_size(n: int) -> int:
   return n
 
 
-def _stateless(pre_fn: Callable[[optax.Updates], optax.Updates],
+def _stateless(name: str,
+               pre_fn: Callable[[optax.Updates], optax.Updates],
                check_workers: Callable[[int], None] | None = None,
                ) -> PreAggregation:
   """A stateless pre-aggregation keeping ``n`` rows.
 
   Its ``init`` and ``update`` are those of ``base.stateless_rule(pre_fn,
-  check_workers=check_workers)``: ``pre_fn`` maps the stack to a stack of
-  the same size.
+  check_workers=check_workers, name=name)``: ``pre_fn`` maps the stack to
+  a stack of the same size.
   """
-  rule = base.stateless_rule(pre_fn, check_workers=check_workers)
+  rule = base.stateless_rule(pre_fn, check_workers=check_workers, name=name)
   return PreAggregation(rule.init, rule.update, _same_size)
 
 
@@ -124,7 +125,7 @@ def nearest_neighbor_mixing(num_byzantine: int) -> PreAggregation:
                       axis=1) / (n - f)
     return distances.combine_rows(weights, stacked_updates, info.nonfinite)
 
-  return _stateless(mix, check_workers=check)
+  return _stateless("nearest_neighbor_mixing", mix, check_workers=check)
 
 
 class BucketingState(NamedTuple):
@@ -133,9 +134,16 @@ class BucketingState(NamedTuple):
   Attributes:
     key: raw ``uint32`` key data of the shared PRNG key; split every step,
       identical on every worker (the rule's state is replicated).
+    workers: the number of workers ``init`` was given (static).
   """
 
   key: chex.Array
+  workers: base.WorkerCount
+
+  @property
+  def num_workers(self) -> int:
+    """The number of workers ``init`` built this state for."""
+    return self.workers.num_workers
 
 
 def bucketing(bucket_size: int, *, seed: int = 0) -> PreAggregation:
@@ -200,12 +208,14 @@ def bucketing(bucket_size: int, *, seed: int = 0) -> PreAggregation:
     return -(-n // s)
 
   def init_fn(params, num_workers):
-    del params, num_workers
-    return BucketingState(jax.random.key_data(jax.random.key(seed)))
+    del params
+    return BucketingState(jax.random.key_data(jax.random.key(seed)),
+                          base.worker_count(num_workers))
 
   def update_fn(stacked_updates, state, params=None, **extra_args):
     del params, extra_args
     n = base.stack_size(stacked_updates)
+    base.check_state("bucketing", state, BucketingState, n)
     num_buckets = num_outputs(n)
     key, next_key = jax.random.split(jax.random.wrap_key_data(state.key))
     perm = jax.random.permutation(key, n)
@@ -216,7 +226,7 @@ def bucketing(bucket_size: int, *, seed: int = 0) -> PreAggregation:
     weights = jnp.zeros((num_buckets, n), jnp.float32).at[
         position_bucket, perm].set(1.0 / sizes[position_bucket])
     out = distances.combine_rows(weights, stacked_updates)
-    return out, BucketingState(jax.random.key_data(next_key))
+    return out, BucketingState(jax.random.key_data(next_key), state.workers)
 
   return PreAggregation(init_fn, update_fn, num_outputs)
 
@@ -240,7 +250,8 @@ def static_clipping(max_norm: float) -> PreAggregation:
   """
   clipping.check_positive("static_clipping", "max_norm", max_norm)
 
-  return _stateless(lambda stacked: clipping.clip_to_norm(stacked, max_norm))
+  return _stateless("static_clipping",
+                    lambda stacked: clipping.clip_to_norm(stacked, max_norm))
 
 
 def adaptive_robust_clipping(num_byzantine: int) -> PreAggregation:
@@ -272,6 +283,7 @@ def adaptive_robust_clipping(num_byzantine: int) -> PreAggregation:
                                          num_byzantine)
 
   return _stateless(
+      "adaptive_robust_clipping",
       lambda stacked: clipping.adaptive_robust_clip(stacked, f),
       check_workers=lambda n: clipping.check_arc_workers(
           "adaptive_robust_clipping", n, f))
@@ -284,10 +296,17 @@ class PreAggregatedState(NamedTuple):
     pre: tuple of the pre-aggregations' states, in application order.
     rule: the downstream rule's state (its ``selected`` mask, if any, refers
       to the pre-aggregated rows).
+    workers: the number of workers ``init`` was given (static).
   """
 
   pre: tuple[Any, ...]
   rule: optax.OptState
+  workers: base.WorkerCount
+
+  @property
+  def num_workers(self) -> int:
+    """The number of workers ``init`` built this state for."""
+    return self.workers.num_workers
 
 
 def pre_aggregated(
@@ -327,9 +346,13 @@ def pre_aggregated(
     for stage in stages:
       states.append(stage.init(params, n))
       n = stage.num_outputs(n)
-    return PreAggregatedState(tuple(states), rule.init(params, n))
+    return PreAggregatedState(tuple(states), rule.init(params, n),
+                              base.worker_count(num_workers))
 
   def update_fn(stacked_updates, state, params=None, **extra_args):
+    n = base.stack_size(stacked_updates)
+    if not isinstance(state, PreAggregatedState):
+      base.check_state("pre_aggregated", state, PreAggregatedState, n)
     states = []
     for stage, stage_state in zip(stages, state.pre):
       stacked_updates, stage_state = stage.update(
@@ -337,6 +360,8 @@ def pre_aggregated(
       states.append(stage_state)
     out, rule_state = rule.update(stacked_updates, state.rule, params,
                                   **extra_args)
-    return out, PreAggregatedState(tuple(states), rule_state)
+    # After the stages, whose own checks name the preconditions first.
+    base.check_state("pre_aggregated", state, PreAggregatedState, n)
+    return out, PreAggregatedState(tuple(states), rule_state, state.workers)
 
   return base.AggregationRule(init_fn, update_fn)

@@ -24,6 +24,11 @@ class ZenoState(NamedTuple):
 
   selected: jax.Array
 
+  @property
+  def num_workers(self) -> int:
+    """The number of workers ``init`` built this state for."""
+    return self.selected.shape[0]
+
 
 def _check_num_suspicious(num_suspicious: int, n: int) -> None:
   if not 0 <= num_suspicious < n:
@@ -151,6 +156,7 @@ def zeno(
     del extra_args
     n = base.stack_size(stacked_updates)
     _check_num_suspicious(num_suspicious, n)
+    base.check_state("zeno", state, ZenoState, n)
     if value_fn is None:
       raise ValueError(
           "zeno needs the loss oracle: call update(..., value_fn=f) with "
