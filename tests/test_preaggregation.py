@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from distoptax import distributed as dist
+from distoptax import worker_axis
 from distoptax.algorithms import aggregators
 from distoptax.algorithms.aggregators import clipping
 from distoptax.algorithms.aggregators import preaggregation as pre
@@ -84,6 +85,9 @@ def test_bucketing_matches_reference_and_splits_its_key(n, s):
   assert stage.num_outputs(n) == math.ceil(n / s)
   update = jax.jit(stage.update)
   state = stage.init(None, n)
+  # Its own salted stream: not the one aggregate(seed=3) draws from.
+  np.testing.assert_array_equal(state.key, worker_axis.transform_key(
+      3, "distoptax.algorithms.aggregators.bucketing"))
   rng = np.random.default_rng(n)
   perms = []
   for _ in range(3):

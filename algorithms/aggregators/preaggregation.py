@@ -28,6 +28,7 @@ from distoptax.algorithms.aggregators import base
 from distoptax.algorithms.aggregators import clipping
 from distoptax.algorithms.aggregators import coordinatewise
 from distoptax.algorithms.aggregators import distances
+from distoptax.worker_axis import keys
 
 
 class PreAggregation(NamedTuple):
@@ -209,8 +210,9 @@ def bucketing(bucket_size: int, *, seed: int = 0) -> PreAggregation:
 
   def init_fn(params, num_workers):
     del params
-    return BucketingState(jax.random.key_data(jax.random.key(seed)),
-                          base.worker_count(num_workers))
+    return BucketingState(
+        keys.transform_key(seed, "distoptax.algorithms.aggregators.bucketing"),
+        base.worker_count(num_workers))
 
   def update_fn(stacked_updates, state, params=None, **extra_args):
     del params, extra_args
