@@ -1,5 +1,7 @@
 """The worker axis: collectives, runtimes, communication and time accounting."""
 
+from distoptax.distributed.adacomm import adacomm
+from distoptax.distributed.adacomm import AdaCommState
 from distoptax.distributed.aggregate import aggregate
 from distoptax.distributed.aggregate import AggregateState
 from distoptax.distributed.aggregate import find_selected
@@ -81,6 +83,7 @@ from distoptax.distributed.topologies import Topology
 from distoptax.distributed.topologies import TreeTopology
 
 __all__ = [
+    "AdaCommState",
     "AggregateState",
     "AsyncSchedule",
     "COLLECTIVES",
@@ -119,6 +122,7 @@ __all__ = [
     "TreeTopology",
     "WORKERS",
     "WorkerStep",
+    "adacomm",
     "aggregate",
     "all_gather",
     "async_schedule",

@@ -114,8 +114,12 @@ _STATIC_HINT = ("under optax.inject_hyperparams list it in static_args "
                 "(e.g. static_args=('period', 'seed'))")
 
 
-def check_period(period: Any) -> int:
+def check_period(period: Any, name: str = "period") -> int:
   """Returns ``period`` as an int; raises unless it is an int ``>= 1``.
+
+  Args:
+    period: the value to check.
+    name: how the error messages call it.
 
   Raises:
     TypeError: for a bool, a float, an array or a traced value (the period
@@ -125,11 +129,12 @@ def check_period(period: Any) -> int:
   if isinstance(period, (bool, np.bool_)) or not isinstance(
       period, (int, np.integer)):
     raise TypeError(
-        f"period must be a Python int >= 1; got {period!r}. It is replicated "
-        f"state (LocalSGDState.period), not a hyperparameter: "
-        f"{_STATIC_HINT}, and let an adaptive rule rewrite state.period")
+        f"{name} must be a Python int >= 1; got {period!r}. It is "
+        f"structural (the period is replicated state, "
+        f"LocalSGDState.period), not a hyperparameter: {_STATIC_HINT}, and "
+        f"let an adaptive rule rewrite state.period")
   if period < 1:
-    raise ValueError(f"period must be an int >= 1; got {period}")
+    raise ValueError(f"{name} must be an int >= 1; got {period}")
   return int(period)
 
 
@@ -242,7 +247,10 @@ def local_sgd(
     outer: the server optimizer on :math:`\hat p`, held once (replicated);
       default ``optax.sgd(1.0)``. It receives :math:`x` as ``params`` and no
       extra arguments.
-    state_policy: one of :data:`STATE_POLICIES`.
+    state_policy: one of :data:`STATE_POLICIES`, or a callable
+      ``policy(inner_state, mean) -> inner_state`` run at each sync, where
+      ``mean(tree)`` is an all-reduce mean over workers whose bytes are
+      recorded (Local AdaAlter's accumulator sync).
     warmup_steps: synchronous steps before local SGD starts.
     rule: the aggregation rule over the pseudo-gradients; default the mean.
     compressor: how pseudo-gradients (and warm-up gradients) travel;
@@ -312,9 +320,10 @@ def local_sgd(
       seed, (int, np.integer)):
     raise TypeError(f"seed must be an int; got {seed!r}; {_STATIC_HINT}")
   local_math.check_proximal_mu(proximal_mu)
-  if state_policy not in STATE_POLICIES:
+  if not callable(state_policy) and state_policy not in STATE_POLICIES:
     raise ValueError(f"state_policy must be one of {STATE_POLICIES}; got "
-                     f"{state_policy!r}")
+                     f"{state_policy!r} (or a callable policy(inner_state, "
+                     f"mean))")
   if rule is None:
     rule = aggregators.mean()
   if compressor is None:
@@ -363,6 +372,8 @@ def local_sgd(
     x = state.global_params
 
     def apply_policy(inner_state, new_global):
+      if callable(state_policy):
+        return state_policy(inner_state, rounds.mean)
       if state_policy == "keep":
         return inner_state
       if state_policy == "reset":

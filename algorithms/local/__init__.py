@@ -5,6 +5,11 @@ in ``distoptax.distributed.local_sgd``; this package holds the per-worker
 and server-side math it composes, with no collective and no mesh.
 """
 
+from distoptax.algorithms.local.adacomm import adacomm_period
+from distoptax.algorithms.local.adacomm import check_form
+from distoptax.algorithms.local.adacomm import check_periods
+from distoptax.algorithms.local.adacomm import choose_initial_period
+from distoptax.algorithms.local.adacomm import PERIOD_FORMS
 from distoptax.algorithms.local.fedopt import FEDOPT_KINDS
 from distoptax.algorithms.local.fedopt import fedopt_server
 from distoptax.algorithms.local.fedopt import FedOptServerState
@@ -14,6 +19,11 @@ from distoptax.algorithms.local.proximal import proximal_term
 
 __all__ = [
     "FEDOPT_KINDS",
+    "PERIOD_FORMS",
+    "adacomm_period",
+    "check_form",
+    "check_periods",
+    "choose_initial_period",
     "FedOptServerState",
     "check_proximal_mu",
     "fedopt_server",
