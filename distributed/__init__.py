@@ -41,6 +41,7 @@ from distoptax.distributed.federated import fedprox
 from distoptax.distributed.federated import fedyogi
 from distoptax.distributed.federated import post_local_sgd
 from distoptax.distributed.federated import slsgd
+from distoptax.distributed.local_adaalter import local_adaalter
 from distoptax.distributed.local_sgd import local_sgd
 from distoptax.distributed.local_sgd import LocalSGDState
 from distoptax.distributed.local_sgd import STATE_POLICIES
@@ -140,6 +141,7 @@ __all__ = [
     "find_comm_stats",
     "find_selected",
     "local_axis_name",
+    "local_adaalter",
     "local_sgd",
     "make_straggler",
     "make_topology",

@@ -5,6 +5,11 @@ in ``distoptax.distributed.local_sgd``; this package holds the per-worker
 and server-side math it composes, with no collective and no mesh.
 """
 
+from distoptax.algorithms.local.adaalter import check_denominator
+from distoptax.algorithms.local.adaalter import DENOMINATORS
+from distoptax.algorithms.local.adaalter import local_adaalter_step
+from distoptax.algorithms.local.adaalter import LocalAdaAlterState
+from distoptax.algorithms.local.adaalter import sync_accumulators
 from distoptax.algorithms.local.adacomm import adacomm_period
 from distoptax.algorithms.local.adacomm import check_form
 from distoptax.algorithms.local.adacomm import check_periods
@@ -18,15 +23,20 @@ from distoptax.algorithms.local.proximal import proximal_gradient
 from distoptax.algorithms.local.proximal import proximal_term
 
 __all__ = [
+    "DENOMINATORS",
     "FEDOPT_KINDS",
+    "LocalAdaAlterState",
     "PERIOD_FORMS",
     "adacomm_period",
+    "check_denominator",
     "check_form",
     "check_periods",
     "choose_initial_period",
     "FedOptServerState",
     "check_proximal_mu",
     "fedopt_server",
+    "local_adaalter_step",
     "proximal_gradient",
     "proximal_term",
+    "sync_accumulators",
 ]
