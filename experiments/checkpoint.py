@@ -67,6 +67,23 @@ class Checkpoints:
       self._manager.wait_until_finished()
     return os.path.join(self.directory, str(step))
 
+  def meta(self, step: int) -> dict[str, Any]:
+    """The JSON record saved with the checkpoint of ``step``.
+
+    Raises:
+      CheckpointError: if there is no such checkpoint or it cannot be read.
+    """
+    where = os.path.join(self.directory, str(step))
+    if step not in self.steps():
+      raise CheckpointError(f"no checkpoint {where}")
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore())).meta
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f"the record of checkpoint {where} cannot be read "
+          f"({type(e).__name__})") from e
+
   def restore(self, like: Any) -> tuple[Any, dict[str, Any]]:
     """Reads the latest checkpoint into the structure and sharding of ``like``.
 

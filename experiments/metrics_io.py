@@ -7,6 +7,8 @@ from typing import Any, Iterable
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+SYSTEM_MODEL_KEY = "system_model"
+"""The key of ``config.json`` that states the system model of the run."""
 
 
 class RunFileError(ValueError):
@@ -95,8 +97,23 @@ def truncate_after(workdir: str, step: int) -> bool:
   return torn
 
 
-def write_config(workdir: str, config: dict[str, Any]) -> None:
-  """Writes ``config.json`` atomically."""
+def write_config(workdir: str, config: dict[str, Any],
+                 system_model: dict[str, Any] | None = None) -> None:
+  """Writes ``config.json`` atomically.
+
+  Args:
+    workdir: the run's directory.
+    config: the run's options.
+    system_model: a description of the simulated system (how simulated
+      seconds are made), stored under :data:`SYSTEM_MODEL_KEY` beside the
+      options.
+  """
+  if SYSTEM_MODEL_KEY in config:
+    raise ValueError(
+        f"{SYSTEM_MODEL_KEY!r} is reserved for the system model's "
+        f"description; the options hold {config[SYSTEM_MODEL_KEY]!r}")
+  if system_model is not None:
+    config = {**config, SYSTEM_MODEL_KEY: system_model}
   path = os.path.join(workdir, CONFIG_FILE)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
@@ -104,12 +121,30 @@ def write_config(workdir: str, config: dict[str, Any]) -> None:
   os.replace(tmp, path)
 
 
+def read_system_model(workdir: str) -> dict[str, Any] | None:
+  """The system model stated in the run's ``config.json`` (None if none).
+
+  Raises:
+    RunFileError: if ``config.json`` is missing or damaged.
+  """
+  return _read_config_file(workdir).get(SYSTEM_MODEL_KEY)
+
+
 def read_config(workdir: str) -> dict[str, Any]:
-  """The run's ``config.json``.
+  """The run's options from its ``config.json``.
+
+  The system model's description stored beside them
+  (:func:`read_system_model`) is left out.
 
   Raises:
     RunFileError: if it is missing or not a JSON object.
   """
+  config = _read_config_file(workdir)
+  config.pop(SYSTEM_MODEL_KEY, None)
+  return config
+
+
+def _read_config_file(workdir: str) -> dict[str, Any]:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise RunFileError(

@@ -31,7 +31,7 @@ import datetime
 import os
 import signal
 import sys
-from typing import Any
+from typing import NamedTuple
 
 from absl import app
 from absl import flags
@@ -48,42 +48,97 @@ from distoptax.experiments import metrics_io
 from distoptax.experiments import trainer
 
 _DEFAULT_CONFIG = "mnist_mlp"
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", configs.path(_DEFAULT_CONFIG),
-    "A shipped configuration by name (" + ", ".join(configs.names())
-    + ") or the path of an ml_collections config file; override one option "
-    "with --config.NAME=VALUE (--helpconfig lists them).",
-    lock_config=False, accept_new_attributes=True)
-WORKDIR = flags.DEFINE_string(
-    "workdir", "", "Output directory; default runs/<dataset>-<model>-<time>.")
-RESUME = flags.DEFINE_bool(
-    "resume", False,
-    "Continue the run in --workdir from its latest checkpoint, with its "
-    "saved configuration (only --config.steps, --config.log_every and "
-    "--config.checkpoint_every may be given).")
-HELPCONFIG = flags.DEFINE_bool(
-    "helpconfig", False, "List the options of --config and exit.")
-COORDINATOR_ADDRESS = flags.DEFINE_string(
-    "coordinator_address", None,
-    "Multi-process runs: HOST:PORT of process 0's coordinator (default: "
-    "JAX_COORDINATOR_ADDRESS).")
-NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "Multi-process runs: the number of processes.",
-    lower_bound=1)
-PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "Multi-process runs: this process's index.",
-    lower_bound=0)
-
 _SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-class _UsageError(Exception):
-  """A configuration error: printed as one line, exit status 2."""
+def define_flags(flag_values: flags.FlagValues,
+                 argv: list[str] | None = None) -> None:
+  """Defines the launcher's flags in ``flag_values``.
+
+  Args:
+    flag_values: where to define them.
+    argv: the command line whose ``--config.NAME=VALUE`` overrides the
+      config flag reads (``ml_collections`` reads them apart from the
+      parse); None reads ``sys.argv``.
+  """
+  config_flags.DEFINE_config_file(
+      "config", configs.path(_DEFAULT_CONFIG),
+      "A shipped configuration by name (" + ", ".join(configs.names())
+      + ") or the path of an ml_collections config file; override one "
+      "option with --config.NAME=VALUE (--helpconfig lists them).",
+      flag_values=flag_values, lock_config=False, accept_new_attributes=True,
+      sys_argv=argv)
+  flags.DEFINE_string(
+      "workdir", "",
+      "Output directory; default runs/<dataset>-<model>-<time>.",
+      flag_values=flag_values)
+  flags.DEFINE_bool(
+      "resume", False,
+      "Continue the run in --workdir from its latest checkpoint, with its "
+      "saved configuration (only --config.steps, --config.log_every and "
+      "--config.checkpoint_every may be given).", flag_values=flag_values)
+  flags.DEFINE_bool(
+      "helpconfig", False, "List the options of --config and exit.",
+      flag_values=flag_values)
+  flags.DEFINE_string(
+      "coordinator_address", None,
+      "Multi-process runs: HOST:PORT of process 0's coordinator (default: "
+      "JAX_COORDINATOR_ADDRESS).", flag_values=flag_values)
+  flags.DEFINE_integer(
+      "num_processes", None, "Multi-process runs: the number of processes.",
+      lower_bound=1, flag_values=flag_values)
+  flags.DEFINE_integer(
+      "process_id", None, "Multi-process runs: this process's index.",
+      lower_bound=0, flag_values=flag_values)
 
 
-def _error(message: str, status: int = 2) -> None:
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(status)
+define_flags(flags.FLAGS)
+
+
+class UsageError(Exception):
+  """A command line that cannot run; the message is one line naming the flag.
+
+  The launcher prints it after ``error:`` and exits with status 2.
+  """
+
+
+class Processes(NamedTuple):
+  """How this process joins a multi-process run."""
+
+  coordinator_address: str
+  num_processes: int
+  process_id: int
+
+
+class Invocation(NamedTuple):
+  """What a command line asks for.
+
+  Attributes:
+    config: the run's configuration (the saved one, with the resumable
+      overrides, when resuming).
+    workdir: ``--workdir`` ("" when not given).
+    resume: ``--resume``.
+    helpconfig: ``--helpconfig``.
+    processes: the multi-process settings, or None for one process.
+  """
+
+  config: config_lib.TrainConfig
+  workdir: str
+  resume: bool
+  helpconfig: bool
+  processes: Processes | None
+
+
+def error_line(error: Exception) -> str:
+  """The one-line message of a configuration or run-file error.
+
+  A :class:`~distoptax.experiments.config.ConfigError` is prefixed with the
+  flag that sets its option (``--config.batch_size: ...``); other errors
+  (unknown registry names, damaged run files) are their own message.
+  """
+  if isinstance(error, config_lib.ConfigError):
+    return f"{_flag_name(error.field)}: {error}"
+  return str(error)
 
 
 def _resolve_config_names(argv: list[str]) -> list[str]:
@@ -93,24 +148,30 @@ def _resolve_config_names(argv: list[str]) -> list[str]:
     name, sep, value = arg.partition("=")
     if sep and name in ("--config", "-config") and not os.path.exists(value):
       if value.endswith(".py") or os.sep in value:
-        raise _UsageError(
+        raise UsageError(
             f"--config={value}: no such file (shipped configs: "
             f"{', '.join(configs.names())})")
       try:
         value = configs.path(value)
       except ValueError as e:
-        raise _UsageError(f"--config={value}: {e}") from e
+        raise UsageError(f"--config={value}: {e}") from e
     out.append(f"{name}={value}" if sep else arg)
   return out
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, with one line per error instead of the flag help."""
+def _parse_into(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
+  """absl's parser; a bad flag is a :class:`UsageError`, not the help."""
   try:
-    return flags.FLAGS(_resolve_config_names(argv))
-  except _UsageError as e:
-    _error(str(e))
+    return flag_values(argv)
   except flags.Error as e:
+    raise UsageError(str(e)) from e
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """The ``flags_parser`` of ``app.run``: one line per error."""
+  try:
+    return _parse_into(flags.FLAGS, _resolve_config_names(argv))
+  except UsageError as e:
     _error(str(e))
   return []
 
@@ -119,65 +180,119 @@ def _flag_name(field: str) -> str:
   return f"--config.{field}"
 
 
-def _overrides() -> dict[str, Any]:
-  """The ``--config.NAME=VALUE`` options given, by field (params nested)."""
-  return dict(flags.FLAGS["config"].override_values)
-
-
-def _config_from_flags() -> config_lib.TrainConfig:
+def _config(flag_values: flags.FlagValues) -> config_lib.TrainConfig:
   """The run's configuration: a config file and overrides, or the saved one.
 
   Raises:
-    _UsageError: naming the flag at fault.
+    UsageError: naming the flag at fault.
+    config_lib.ConfigError, ValueError: an invalid option, a damaged
+      ``config.json``.
   """
-  overrides = _overrides()
-  if RESUME.value:
-    if not WORKDIR.value:
-      raise _UsageError("--resume needs --workdir (the run to continue)")
-    if flags.FLAGS["config"].present:
-      raise _UsageError(
+  overrides = dict(flag_values["config"].override_values)
+  workdir = flag_values["workdir"].value
+  if flag_values["resume"].value:
+    if not workdir:
+      raise UsageError("--resume needs --workdir (the run to continue)")
+    if flag_values["config"].present:
+      raise UsageError(
           "--config with --resume: a resumed run reloads the configuration "
-          f"saved in {WORKDIR.value}; give only "
+          f"saved in {workdir}; give only "
           + ", ".join(_flag_name(f) for f in config_lib.RESUMABLE))
     refused = sorted({k.split(".")[0] for k in overrides}
                      - set(config_lib.RESUMABLE))
     if refused:
-      raise _UsageError(
+      raise UsageError(
           f"{_flag_name(refused[0])} cannot change when resuming (the run "
           f"keeps its saved configuration); only "
           + ", ".join(_flag_name(f) for f in config_lib.RESUMABLE)
           + " may be given")
-    saved = config_lib.TrainConfig.from_json(
-        metrics_io.read_config(WORKDIR.value))
+    saved = config_lib.TrainConfig.from_json(metrics_io.read_config(workdir))
     values = {**saved.to_json(), **overrides}
   else:
     # Values read as Python literals: numbers stay numbers, other text
     # (e.g. non_finite's value=inf) stays text.
-    values = _CONFIG.value.to_dict()
+    values = flag_values["config"].value.to_dict()
   return config_lib.TrainConfig.from_json(values)
 
 
-def _initialize_processes() -> None:
-  """Joins the processes of a multi-process run, when asked to."""
-  address = COORDINATOR_ADDRESS.value or os.environ.get(
+def _processes(flag_values: flags.FlagValues) -> Processes | None:
+  """The multi-process settings, when any is given.
+
+  Raises:
+    UsageError: when they are incomplete or inconsistent.
+  """
+  address = flag_values["coordinator_address"].value or os.environ.get(
       "JAX_COORDINATOR_ADDRESS")
-  if address is None and NUM_PROCESSES.value is None and (
-      PROCESS_ID.value is None):
-    return
-  if None in (address, NUM_PROCESSES.value, PROCESS_ID.value):
-    raise _UsageError(
+  count = flag_values["num_processes"].value
+  index = flag_values["process_id"].value
+  if address is None and count is None and index is None:
+    return None
+  if None in (address, count, index):
+    raise UsageError(
         "a multi-process run needs --coordinator_address (or "
         "JAX_COORDINATOR_ADDRESS), --num_processes and --process_id; got "
-        f"{address!r}, {NUM_PROCESSES.value!r}, {PROCESS_ID.value!r}")
-  if PROCESS_ID.value >= NUM_PROCESSES.value:
-    raise _UsageError(
-        f"--process_id={PROCESS_ID.value} must be below "
-        f"--num_processes={NUM_PROCESSES.value}")
+        f"{address!r}, {count!r}, {index!r}")
+  if index >= count:
+    raise UsageError(
+        f"--process_id={index} must be below --num_processes={count}")
+  return Processes(address, count, index)
+
+
+def invocation(flag_values: flags.FlagValues) -> Invocation:
+  """What parsed flags ask for.
+
+  Raises:
+    UsageError: the one-line message of any configuration error.
+  """
+  try:
+    config = _config(flag_values)
+    processes = _processes(flag_values)
+  except ValueError as e:  # ConfigError, damaged config.json.
+    raise UsageError(error_line(e)) from e
+  return Invocation(config, flag_values["workdir"].value,
+                    flag_values["resume"].value,
+                    flag_values["helpconfig"].value, processes)
+
+
+def parse(argv: list[str]) -> Invocation:
+  """What a command line asks for, parsed into fresh flags.
+
+  The launcher's own parsing, for tools and tests (absl's global flags are
+  left alone).
+
+  Args:
+    argv: the command line, program name first.
+
+  Returns:
+    The :class:`Invocation`.
+
+  Raises:
+    UsageError: with the one-line message the launcher would print.
+  """
+  argv = _resolve_config_names(argv)
+  flag_values = flags.FlagValues()
+  define_flags(flag_values, argv)
+  rest = _parse_into(flag_values, argv)
+  if len(rest) > 1:
+    raise UsageError(f"unexpected arguments: {rest[1:]}")
+  return invocation(flag_values)
+
+
+def _error(message: str, status: int = 2) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def _initialize_processes(processes: Processes | None) -> None:
+  """Joins the processes of a multi-process run, when asked to."""
+  if processes is None:
+    return
   # CPU devices of several processes talk through gloo (no effect on GPUs).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=address,
-                             num_processes=NUM_PROCESSES.value,
-                             process_id=PROCESS_ID.value)
+  jax.distributed.initialize(
+      coordinator_address=processes.coordinator_address,
+      num_processes=processes.num_processes,
+      process_id=processes.process_id)
 
 
 def _resume_command(workdir: str) -> str:
@@ -216,22 +331,19 @@ def main(argv):
     _error(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # Orbax logs each save at INFO.
     logging.set_verbosity(logging.WARNING)
-  if HELPCONFIG.value:
+  if flags.FLAGS["helpconfig"].value:
     print("Options of --config (give them as --config.NAME=VALUE):")
     print(config_lib.help_text())
     return
   try:
-    config = _config_from_flags()
-    _initialize_processes()
-  except _UsageError as e:
+    run = invocation(flags.FLAGS)
+  except UsageError as e:
     _error(str(e))
-  except config_lib.ConfigError as e:
-    _error(f"{_flag_name(e.field)}: {e}")
-  except ValueError as e:  # Damaged config.json, unknown config file.
-    _error(str(e))
+  config = run.config
+  _initialize_processes(run.processes)
   primary = jax.process_index() == 0
   console = rich.console.Console(stderr=True)
-  workdir = WORKDIR.value or os.path.join(
+  workdir = run.workdir or os.path.join(
       "runs", f"{config.dataset}-{config.model}-"
       f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
   say = print if primary else (lambda _: None)
@@ -260,7 +372,7 @@ def main(argv):
   with _StopOnSignal() as stop:
     try:
       with bar:
-        result = trainer.train(config, workdir, resume=RESUME.value,
+        result = trainer.train(config, workdir, resume=run.resume,
                                progress=line, on_step=on_step,
                                should_stop=stop)
     except trainer.Interrupted as e:
@@ -270,10 +382,8 @@ def main(argv):
     except trainer.NonFiniteError as e:
       print(f"STOPPED: {e}", file=sys.stderr)
       sys.exit(2)
-    except config_lib.ConfigError as e:
-      _error(f"{_flag_name(e.field)}: {e}")
-    except ValueError as e:  # Unknown names, damaged run files.
-      _error(str(e))
+    except ValueError as e:  # Options, unknown names, damaged run files.
+      _error(error_line(e))
   if primary:
     png = curves.plot_runs([workdir], os.path.join(workdir, "curves.png"))
     say(f"curves: {png}")

@@ -10,8 +10,20 @@ It runs unchanged in each process of a multi-process run (after
 ``jax.distributed.initialize``, with ``runtime='mesh'``): every process
 runs the same loop over the global mesh, every process writes its shards of
 each checkpoint, and process 0 alone writes ``config.json`` and
-``metrics.jsonl``. Replicated state may or may not carry the leading worker
-axis: the loop reads per-worker values from the parameters only.
+``metrics.jsonl``.
+
+The step is synchronous data parallelism with the model held once
+(``data_parallel(..., replicated_params=True)``) and a server optimizer
+declared replicated; the loop reads the model through
+``dist.worker_slice`` of the whole state.
+
+Simulated time is a persistent :class:`~distoptax.distributed.Clock`
+(compute model and topology from the configuration): each step advances it
+by one local step of every participating worker and then charges the
+step's communication rounds as its transforms recorded them (kind, bytes,
+participants; ``dist.clock_rounds``). Its :class:`ClockState` is saved in
+every checkpoint and restored on resume, so a resumed run's simulated
+seconds continue exactly as an uninterrupted run's.
 """
 
 import os
@@ -86,7 +98,7 @@ class TrainResult(NamedTuple):
 
 
 def system_model(config: TrainConfig) -> dist.SystemModel:
-  """The declared system model that turns bytes into simulated seconds."""
+  """The declared system model; its ``clock`` gives simulated seconds."""
   return dist.SystemModel(
       config.num_workers, config.compute_seconds,
       bandwidth=config.bandwidth, latency=config.latency,
@@ -94,6 +106,59 @@ def system_model(config: TrainConfig) -> dist.SystemModel:
       straggler=dist.make_straggler(config.straggler,
                                     **dict(config.straggler_params)),
       topology=config.topology, seed=config.seed)
+
+
+def describe_time(clock: dist.Clock) -> dict[str, Any]:
+  """How the run's simulated seconds are made, for ``config.json``."""
+  return {
+      **clock.describe(),
+      "simulated_seconds": (
+          "a persistent per-worker clock: each step, every participating "
+          "worker computes one local step (compute_seconds * imbalance_i + "
+          "a straggler delay drawn from (seed, step, worker)), then the "
+          "step's communication rounds, as its transforms recorded them "
+          "(kind, bytes, participants), are charged in order under the "
+          "topology, each paying its latency and waiting for its "
+          "participants only; simulated_seconds is the latest worker "
+          "clock"),
+  }
+
+
+def clock_step(clock: dist.Clock, state: dist.ClockState,
+               metrics: dict[str, Any]) -> dist.ClockState:
+  """Advances the clock by one synchronous step from its host metrics.
+
+  Args:
+    clock: the run's clock.
+    state: the clock's state before the step.
+    metrics: the step's metrics on the host, as the trainer's step returns
+      them: ``comm`` holds the :class:`~distoptax.distributed.CommStats` of
+      the step (their round records), and ``participation``, when the step
+      reports it, a ``[num_workers]`` mask of the workers that computed.
+
+  Returns:
+    The clock's state after the step.
+  """
+  participation = metrics.get("participation")
+  if participation is not None:
+    participation = np.asarray(participation).reshape(-1).astype(bool)
+  return clock.sync_step(state, dist.clock_rounds(metrics["comm"]),
+                         workers=participation)
+
+
+def _with_round_records(step: dist.WorkerStep) -> dist.WorkerStep:
+  """``step`` whose metrics also carry its communication stats (``comm``).
+
+  The clock prices each step from its own round records, read on the host
+  with the step's other metrics (the state keeps only the last step's).
+  """
+
+  def update(state, batch):
+    state, metrics = step.update(state, batch)
+    return state, {**metrics,
+                   "comm": dist.find_comm_stats(state.opt_state)}
+
+  return step._replace(update=update)
 
 
 def _loss_and_metrics(data: datasets.Dataset, model):
@@ -300,9 +365,9 @@ def _check_batch_fits(config: TrainConfig,
         f"{smallest}")
 
 
-def _prepare_workdir(config: TrainConfig, workdir: str, resume: bool,
-                     primary: bool) -> checkpoint.Checkpoints:
-  """Checks the workdir against ``resume``; writes ``config.json``."""
+def _prepare_workdir(config: TrainConfig,
+                     workdir: str, resume: bool) -> checkpoint.Checkpoints:
+  """Checks the workdir against ``resume``."""
   has_run = os.path.exists(os.path.join(workdir, metrics_io.METRICS_FILE))
   os.makedirs(workdir, exist_ok=True)
   checkpoints = checkpoint.Checkpoints(workdir)
@@ -322,8 +387,6 @@ def _prepare_workdir(config: TrainConfig, workdir: str, resume: bool,
     raise ValueError(
         f"{workdir} already holds a run; pass resume=True (--resume) to "
         "continue it or choose another workdir")
-  if primary:
-    metrics_io.write_config(workdir, config.to_json())
   return checkpoints
 
 
@@ -338,6 +401,20 @@ def _to_host(tree: Any) -> Any:
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
   return jax.tree.map(get, tree)
+
+
+def _restored_clock(clock: dist.Clock, meta: dict[str, Any], directory: str,
+                    step: int) -> dist.ClockState:
+  """The clock state saved with the checkpoint of ``step``."""
+  try:
+    return clock.restore(meta["clock"])
+  except (KeyError, TypeError, ValueError) as e:
+    detail = "it has none" if isinstance(e, KeyError) else str(e)
+    where = os.path.join(directory, str(step))
+    raise checkpoint.CheckpointError(
+        f"checkpoint {where} holds no usable simulated clock state "
+        f"({detail}); it was written by an older distoptax or damaged: "
+        "start a new run in another workdir") from e
 
 
 def _first(x: Any) -> Any:
@@ -395,7 +472,7 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
         f"runtime={config.runtime!r} would run every worker in each of the "
         f"{jax.process_count()} processes; a multi-process run needs "
         "runtime='mesh'")
-  checkpoints = _prepare_workdir(config, workdir, resume, primary)
+  checkpoints = _prepare_workdir(config, workdir, resume)
   data = datasets.load_dataset(config.dataset)
   parts = partition.pad_partition(partition.partition(
       None if data.is_regression else data.y_train, config.num_workers,
@@ -409,22 +486,28 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
   optimizer = registries.lookup(registries.OPTIMIZERS, config.optimizer,
                                 "optimizer")
   attack = update_attack(config)
+  # Synchronous data parallelism: after the aggregation every worker holds
+  # the same update, so the server optimizer and the model are held once.
   tx = optax.chain(
       *(() if attack is None else (attack,)),
       communication(config),
-      optimizer(config.learning_rate, config.momentum))
-  worker_step = dist.data_parallel(
+      dist.replicated(optimizer(config.learning_rate, config.momentum)))
+  worker_step = _with_round_records(dist.data_parallel(
       loss_fn, tx, extra_args=_validation_oracle(
-          data, loss_fn, config.validation_batch_size, config.seed))
+          data, loss_fn, config.validation_batch_size, config.seed),
+      replicated_params=True))
   runtime = registries.lookup(registries.RUNTIMES, config.runtime, "runtime")(
       worker_step, config.num_workers)
-  system = system_model(config)
+  clock = system_model(config).clock
+  if primary:
+    metrics_io.write_config(workdir, config.to_json(),
+                            system_model=describe_time(clock))
   sample = _make_sampler(data, parts, config.batch_size, config.seed,
                          _flipped_workers(config, data))
 
   params = model.init(jax.random.key(config.seed), data.x_train[:1])
   state = runtime.init(params)
-  start, simulated, elapsed_before = 0, 0.0, 0.0
+  start, clock_state, elapsed_before = 0, clock.init(), 0.0
   if resume:
     state, meta = checkpoints.restore(state)
     saved = meta.get("config")
@@ -436,8 +519,8 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
             f"the latest checkpoint in {workdir} was written by a run with "
             f"another configuration (checkpoint, config.json): {changed}; "
             "it belongs to another run")
-    start, simulated = meta["step"], meta["simulated_seconds"]
-    elapsed_before = meta["elapsed_seconds"]
+    start, elapsed_before = meta["step"], meta["elapsed_seconds"]
+    clock_state = _restored_clock(clock, meta, checkpoints.directory, start)
     if primary and metrics_io.truncate_after(workdir, start):
       progress(f"dropped the torn last line of {metrics_io.METRICS_FILE} "
                "(the run stopped while writing it); its step is rerun")
@@ -451,7 +534,7 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
     return f"the last checkpoint holds step {saved_step} (in {workdir})"
 
   def test_metrics(step: int) -> tuple[float, float | None]:
-    params0 = dist.worker_slice(_to_host(state.params))
+    params0 = _to_host(dist.worker_slice(state).params)
     loss, acc = map(float, evaluate(params0, x_test, y_test))
     if not np.isfinite(loss):
       raise NonFiniteError(
@@ -463,7 +546,7 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
   t0 = t_first = time.perf_counter()
 
   def flush(step: int) -> dict[str, Any]:
-    nonlocal simulated, pending
+    nonlocal clock_state, pending
     rows = _to_host(pending)
     first = step - len(rows)
     for i, m in enumerate(rows):
@@ -473,11 +556,9 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
         raise NonFiniteError(
             f"non-finite train_loss at step {first + i + 1} (workers "
             f"{bad}); training stopped, {last_checkpoint()}")
-      simulated += system.step_seconds(
-          first + i,
-          all_reduce_bytes=int(_first(m["all_reduce_bytes"])),
-          all_gather_bytes=int(_first(m["all_gather_bytes"]))).total
+      clock_state = clock_step(clock, clock_state, m)
     pending = []
+    simulated = float(clock_state.time.max())
     test_loss, test_acc = test_metrics(step)
     stats = _to_host(dist.find_comm_stats(state.opt_state))
     seconds = time.perf_counter() - t0
@@ -514,7 +595,9 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
   def save(step: int, row: dict[str, Any]) -> None:
     nonlocal saved_step
     checkpoints.save(step, state, {
-        "simulated_seconds": simulated,
+        "simulated_seconds": row["simulated_seconds"],
+        "clock": {name: value.tolist()
+                  for name, value in clock_state._asdict().items()},
         "elapsed_seconds": row["elapsed_seconds"],
         "config": config.to_json()})
     saved_step = step
@@ -564,4 +647,4 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
   else:
     test_loss, test_acc = row["test_loss"], row["test_accuracy"]
   return TrainResult(config.steps, test_loss, test_acc,
-                     dist.worker_slice(_to_host(state.params)), workdir)
+                     _to_host(dist.worker_slice(state).params), workdir)

@@ -1,4 +1,5 @@
-"""The training launcher: main command, resume, NaN stop, registries."""
+"""The training loop: main command, simulated time, NaN stop, registries,
+shipped configs."""
 
 import dataclasses
 import importlib
@@ -12,9 +13,11 @@ import jax
 import numpy as np
 import pytest
 
+from distoptax import distributed as dist
 from distoptax.experiments import checkpoint
 from distoptax.experiments import configs
 from distoptax.experiments import metrics_io
+from distoptax.experiments import train
 from distoptax.experiments import trainer
 from distoptax.experiments.config import TrainConfig
 
@@ -27,11 +30,6 @@ def _quiet(_):
   pass
 
 
-def _rows_without_time(workdir):
-  return [{k: v for k, v in r.items() if k != "elapsed_seconds"}
-          for r in metrics_io.read(workdir)]
-
-
 def test_readme_main_command_runs_a_few_steps(tmp_path):
   workdir = tmp_path / "main"
   out = subprocess.run(
@@ -39,7 +37,7 @@ def test_readme_main_command_runs_a_few_steps(tmp_path):
        f"--workdir={workdir}", "--config.steps=20", "--config.log_every=10",
        "--config.checkpoint_every=10"],
       capture_output=True, text=True, timeout=300, check=True,
-      env={**os.environ, "XLA_FLAGS": ""})
+      env={**os.environ, "XLA_FLAGS": ""}, cwd=tmp_path)
   assert "final test accuracy:" in out.stdout
   # Progress: a line before the first step compiles, then steps per second
   # and the time left on each logged step.
@@ -53,6 +51,7 @@ def test_readme_main_command_runs_a_few_steps(tmp_path):
     assert rows[-1][key] is not None and rows[-1][key] > 0
   config = json.loads((workdir / "config.json").read_text())
   assert config["num_workers"] == 8 and config["model"] == "mlp"
+  assert config["system_model"]["topology"]["name"] == "ring"
   assert (workdir / "curves.png").stat().st_size > 10_000
 
 
@@ -64,56 +63,64 @@ def test_wire_bytes_and_simulated_seconds_follow_the_model(tmp_path):
   assert rows[-1]["wire_bytes"] == SMALL.steps * param_bytes
   # No entropy code without compression: coded bytes are the wire bytes.
   assert rows[-1]["coded_bytes"] == rows[-1]["wire_bytes"]
-  system = trainer.system_model(SMALL)
-  expected = sum(system.step_seconds(t, all_reduce_bytes=param_bytes).total
-                 for t in range(SMALL.steps))
-  assert rows[-1]["simulated_seconds"] == pytest.approx(expected, rel=1e-12)
+  # One ring all-reduce of the parameters per step, after the compute.
+  n = SMALL.num_workers
+  step_seconds = SMALL.compute_seconds + 2 * (n - 1) * (
+      SMALL.latency + param_bytes / n / SMALL.bandwidth)
+  for row in rows:
+    assert row["simulated_seconds"] == pytest.approx(
+        row["step"] * step_seconds, rel=1e-12)
+  # config.json states the model behind the simulated seconds.
+  model = metrics_io.read_system_model(tmp_path)
+  assert model["topology"] == {"name": "ring", "num_workers": n,
+                               "bandwidth": SMALL.bandwidth,
+                               "latency": SMALL.latency}
+  assert model["compute"]["compute_seconds"] == SMALL.compute_seconds
+  assert "communication rounds" in model["simulated_seconds"]
+  assert "system_model" not in metrics_io.read_config(tmp_path)
 
 
-class _Interrupt(Exception):
-  pass
-
-
-def test_resume_ends_with_the_same_parameters(tmp_path):
-  full = trainer.train(SMALL, str(tmp_path / "full"), progress=_quiet)
-
-  def crash_at_25(line):
-    if line.startswith("step 25/"):
-      raise _Interrupt
-
-  part = str(tmp_path / "part")
-  with pytest.raises(_Interrupt):
-    trainer.train(SMALL, part, progress=crash_at_25)
-  assert [r["step"] for r in metrics_io.read(part)][-1] == 25
-  resumed = trainer.train(SMALL, part, resume=True, progress=_quiet)
-  jax.tree.map(np.testing.assert_array_equal, full.params, resumed.params)
-  assert _rows_without_time(part) == _rows_without_time(tmp_path / "full")
-
-
-def test_resume_can_extend_the_number_of_steps(tmp_path):
-  longer = dataclasses.replace(SMALL, steps=40)
-  full = trainer.train(longer, str(tmp_path / "full"), progress=_quiet)
-  trainer.train(SMALL, str(tmp_path / "ext"), progress=_quiet)
-  extended = trainer.train(longer, str(tmp_path / "ext"), resume=True,
-                           progress=_quiet)
-  jax.tree.map(np.testing.assert_array_equal, full.params, extended.params)
-
-
-def test_resume_refuses_a_changed_configuration(tmp_path):
-  trainer.train(dataclasses.replace(SMALL, steps=10), str(tmp_path),
-                progress=_quiet)
-  changed = dataclasses.replace(SMALL, learning_rate=0.5)
-  with pytest.raises(ValueError, match="learning_rate"):
-    trainer.train(changed, str(tmp_path), resume=True, progress=_quiet)
-
-
-def test_existing_run_is_never_overwritten(tmp_path):
-  config = dataclasses.replace(SMALL, steps=10)
+@pytest.mark.parametrize("changes,rounds", [
+    ({}, 1),
+    (dict(compressor="powersgd", compressor_params=(("rank", 1),)), 2),
+])
+def test_each_recorded_round_pays_its_latency(tmp_path, changes, rounds):
+  # Latency only: a step costs 2 (n - 1) latencies per ring all-reduce it
+  # ran, so PowerSGD's P and Q rounds cost twice the mean's one round (a
+  # price from the step's byte totals would charge one).
+  config = dataclasses.replace(
+      SMALL, steps=4, log_every=2, checkpoint_every=4, compute_seconds=0.0,
+      latency=1.0, bandwidth=1e30, **changes)
   trainer.train(config, str(tmp_path), progress=_quiet)
-  with pytest.raises(ValueError, match="already holds a run"):
-    trainer.train(config, str(tmp_path), progress=_quiet)
-  with pytest.raises(ValueError, match="no checkpoint"):
-    trainer.train(config, str(tmp_path / "new"), resume=True, progress=_quiet)
+  per_step = rounds * 2 * (config.num_workers - 1) * config.latency
+  assert [r["simulated_seconds"] for r in metrics_io.read(tmp_path)] == (
+      pytest.approx([2 * per_step, 4 * per_step], rel=1e-9))
+
+
+def test_clock_step_waits_for_the_participants_only():
+  config = dataclasses.replace(SMALL, imbalance=(1.0, 2.0, 1.0, 1.0))
+  clock = trainer.system_model(config).clock
+  present = np.array([True, True, False, False])
+  num_bytes = 4000
+  record = dist.RoundRecord(
+      kind=np.full((4, 1), dist.KINDS.index("all_reduce"), np.int32),
+      bytes=np.full((4, 1), num_bytes, np.int32),
+      participated=present[:, None])
+  state = trainer.clock_step(
+      clock, clock.init(), {"comm": [record], "participation": present})
+  # Workers 0 and 1 compute (worker 1 twice as long), then all-reduce
+  # between the two of them; workers 2 and 3 neither compute nor wait.
+  c = config.compute_seconds
+  reduce_seconds = 2 * (config.latency + num_bytes / 2 / config.bandwidth)
+  np.testing.assert_allclose(
+      state.time, [2 * c + reduce_seconds] * 2 + [0.0] * 2, rtol=1e-12)
+  np.testing.assert_array_equal(state.steps, [1, 1, 0, 0])
+  # Without a participation mask every worker computes and waits.
+  state = trainer.clock_step(clock, clock.init(), {"comm": [record._replace(
+      participated=np.ones((4, 1), bool))]})
+  reduce_seconds = 6 * (config.latency + num_bytes / 4 / config.bandwidth)
+  np.testing.assert_allclose(state.time, [2 * c + reduce_seconds] * 4,
+                             rtol=1e-12)
 
 
 def test_non_finite_loss_stops_with_step_and_metric(tmp_path):
@@ -126,8 +133,11 @@ def test_non_finite_loss_stops_with_step_and_metric(tmp_path):
   rows = metrics_io.read(tmp_path)
   # Everything before the bad step was kept; nothing after it was written.
   assert all(r["step"] < step for r in rows)
-  assert (checkpoint.latest_step(tmp_path) is not None) == (
-      step > SMALL.checkpoint_every)
+  saved = checkpoint.latest_step(tmp_path)
+  assert (saved is not None) == (step > SMALL.checkpoint_every)
+  # The message names the step the last checkpoint holds.
+  assert ("no checkpoint was written yet" if saved is None else
+          f"the last checkpoint holds step {saved}") in str(e.value)
 
 
 def test_mesh_runtime_matches_simulation(tmp_path):
@@ -172,31 +182,18 @@ def test_config_round_trips_through_json():
 
 
 @pytest.mark.parametrize("name", configs.names())
-def test_every_shipped_config_runs_by_name(tmp_path, name):
+def test_every_shipped_config_runs_by_name(tmp_path, monkeypatch, name):
   # From a directory outside the source tree: configs are found by name.
   module = importlib.import_module(f"distoptax.experiments.configs.{name}")
   assert f"--config={name}" in module.__doc__
+  monkeypatch.chdir(tmp_path)
   workdir = tmp_path / "run"
-  subprocess.run(
-      [sys.executable, "-m", "distoptax.experiments.train",
-       f"--config={name}", f"--workdir={workdir}", "--config.steps=4",
-       "--config.log_every=2", "--config.checkpoint_every=2"],
-      capture_output=True, text=True, timeout=300, check=True, cwd=tmp_path)
-  assert [r["step"] for r in metrics_io.read(workdir)] == [2, 4]
-  saved = TrainConfig.from_json(metrics_io.read_config(workdir))
+  run = train.parse(["train", f"--config={name}", f"--workdir={workdir}",
+                     "--config.steps=4", "--config.log_every=2",
+                     "--config.checkpoint_every=2"])
   expected = TrainConfig.from_json(module.get_config().to_dict())
-  assert saved == dataclasses.replace(expected, steps=4, log_every=2,
-                                      checkpoint_every=2)
-
-
-def test_unknown_name_on_the_command_line_is_one_line(tmp_path):
-  out = subprocess.run(
-      [sys.executable, "-m", "distoptax.experiments.train",
-       f"--workdir={tmp_path}", "--config.aggregator=kroom",
-       "--config.steps=2"],
-      capture_output=True, text=True, timeout=300)
-  assert out.returncode == 2
-  assert out.stderr.startswith(
-      "error: unknown aggregator 'kroom'; known aggregators: ")
-  assert "krum, majority_vote, mean, mean_around_median" in out.stderr
-  assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+  assert run.config == dataclasses.replace(expected, steps=4, log_every=2,
+                                           checkpoint_every=2)
+  trainer.train(run.config, run.workdir, progress=_quiet)
+  assert [r["step"] for r in metrics_io.read(workdir)] == [2, 4]
+  assert TrainConfig.from_json(metrics_io.read_config(workdir)) == run.config
