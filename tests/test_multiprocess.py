@@ -41,14 +41,25 @@ def train(runtime: dist.Runtime):
   return state.params
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+  """``count`` distinct ports that were free a moment ago.
+
+  The sockets are held together until all are chosen, so that the ports
+  differ (a port released and asked for again may come back); the
+  coordinators bind them right after.
+  """
+  sockets = [socket.socket() for _ in range(count)]
+  try:
+    for s in sockets:
+      s.bind(("127.0.0.1", 0))
+    return [s.getsockname()[1] for s in sockets]
+  finally:
+    for s in sockets:
+      s.close()
 
 
 def test_two_processes_equal_simulation(tmp_path):
-  out, port = tmp_path / "params.npy", _free_port()
+  out, (port,) = tmp_path / "params.npy", _free_ports(1)
   procs = [subprocess.Popen(
       [sys.executable, "-m", "tests.multiprocess_worker", str(i), str(port),
        str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -112,11 +123,11 @@ def _rows(workdir):
 
 def test_launcher_in_two_processes_resumes_after_a_kill(tmp_path):
   full, part = tmp_path / "full", tmp_path / "part"
+  ports = _free_ports(3)
   # Both runs start together; the second is killed after a checkpoint.
-  uninterrupted = _launch(full, _free_port(), *_LAUNCHER_CONFIG,
+  uninterrupted = _launch(full, ports[0], *_LAUNCHER_CONFIG,
                           f"--config.steps={_STEPS}")
-  procs = _launch(part, _free_port(), *_LAUNCHER_CONFIG,
-                  "--config.steps=100000")
+  procs = _launch(part, ports[1], *_LAUNCHER_CONFIG, "--config.steps=100000")
   deadline = time.monotonic() + 240
   while (checkpoint.latest_step(part) or 0) < 10:
     assert time.monotonic() < deadline and all(
@@ -134,7 +145,7 @@ def test_launcher_in_two_processes_resumes_after_a_kill(tmp_path):
   assert "final test loss" not in logs[1]  # Process 0 reports.
   assert checkpoint.latest_step(full) == _STEPS
 
-  logs = _finish(_launch(part, _free_port(), "--resume",
+  logs = _finish(_launch(part, ports[2], "--resume",
                          f"--config.steps={_STEPS}"))
   assert f"resumed {part} at step {killed_at}" in logs[0]
   for a, b in zip(_final_params(full), _final_params(part), strict=True):

@@ -19,6 +19,10 @@ from distoptax.experiments import train
 from distoptax.experiments import trainer
 from distoptax.experiments.config import TrainConfig
 
+# The tests share module fixtures: one xdist worker runs them all (pytest -n 2
+# --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("train_launcher")
+
 _TRAIN = [sys.executable, "-m", "distoptax.experiments.train"]
 _SMALL = ["--config.dataset=digits", "--config.hidden=16",
           "--config.num_workers=4", "--config.batch_size=8",

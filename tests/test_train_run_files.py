@@ -15,6 +15,10 @@ from distoptax.experiments import metrics_io
 from distoptax.experiments import trainer
 from distoptax.experiments.config import TrainConfig
 
+# The tests share module fixtures: one xdist worker runs them all (pytest -n 2
+# --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("train_run_files")
+
 # Stragglers and a static imbalance make every step's simulated seconds
 # depend on the clock's per-worker draws, which a resume must continue.
 SMALL = TrainConfig(dataset="digits", hidden=(16,), num_workers=4,
