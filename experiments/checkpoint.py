@@ -169,15 +169,16 @@ def _check_matches(stored_tree: Any, like: Any, where: str) -> None:
         f"checkpoint {where} was written by another kind of run: it lacks "
         f"{[_describe(p) for p in missing[:3]]} and has "
         f"{[_describe(p) for p in extra[:3]]} that this run's state has not; "
-        "resume it with its own configuration, or start a new run in "
-        "another workdir")
+        "resume it with its own configuration (and the distoptax version "
+        "that wrote it), or start a new run in another workdir")
   for path, (shape, dtype) in expected.items():
     if stored[path] != (shape, dtype):
       raise CheckpointError(
           f"checkpoint {where} was written by another kind of run: "
           f"{_describe(path)} is {stored[path][1]}{list(stored[path][0])} "
           f"there and {dtype}{list(shape)} here; resume it with its own "
-          "configuration, or start a new run in another workdir")
+          "configuration (and the distoptax version that wrote it), or "
+          "start a new run in another workdir")
 
 
 def latest_step(workdir: str) -> int | None:

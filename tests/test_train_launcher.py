@@ -184,8 +184,11 @@ def test_signals_become_a_stop_request():
 def test_signal_saves_the_step_reached_and_prints_the_resume_command(
     tmp_path):
   workdir = tmp_path / "run"
+  # A linear model on synthetic data: the quickest run to start.
   proc = subprocess.Popen(
-      [*_TRAIN, f"--workdir={workdir}", *_SMALL, "--config.steps=100000",
+      [*_TRAIN, f"--workdir={workdir}", "--config.dataset=least_squares",
+       "--config.model=linear", "--config.num_workers=4",
+       "--config.batch_size=8", "--config.steps=100000",
        "--config.log_every=1000", "--config.checkpoint_every=1000"],
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   lines = []
