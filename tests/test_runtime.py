@@ -157,3 +157,23 @@ def test_cumulative_wire_bytes_carry_past_32_bits():
   assert dist.total_coded_bytes(stats) == 5 * 2**32 + 2**32 - 10 + 25 + 7
   with pytest.raises(ValueError, match="2\\*\\*31"):
     dist.comm_stats.record(stats, all_gather_bytes=2**31)
+
+
+def test_gradient_at_takes_the_gradient_at_another_model():
+  """The loss and gradient at a model the step chooses (here, zeros)."""
+  params = helpers.mlp_params(jax.random.key(0))
+  anchor = jax.tree.map(jnp.zeros_like, params)
+  step = dist.data_parallel(helpers.mlp_loss, _tx(),
+                            gradient_at=lambda state: anchor)
+  state, metrics = dist.simulate(step, 4).step(
+      dist.simulate(step, 4).init(params), helpers.worker_batches(0, 4, 6))
+  x, y = helpers.worker_batches(0, 4, 6)
+  for w in range(4):
+    np.testing.assert_allclose(metrics["loss"][w],
+                               helpers.mlp_loss(anchor, (x[w], y[w])),
+                               rtol=1e-6)
+  grads = [jax.grad(helpers.mlp_loss)(anchor, (x[w], y[w])) for w in range(4)]
+  mean = jax.tree.map(lambda *g: sum(g) / 4, *grads)
+  # sgd(0.1, momentum=0.9) on the first step: params - 0.1 * mean gradient.
+  jax.tree.map(lambda p, p0, g: np.testing.assert_allclose(
+      p[0], p0 - 0.1 * g, rtol=1e-5, atol=1e-6), state.params, params, mean)
