@@ -4,6 +4,7 @@ from typing import Any, NamedTuple
 
 import chex
 import jax
+import jax.numpy as jnp
 import optax
 
 from distoptax.algorithms import aggregators
@@ -39,6 +40,22 @@ class AggregateState(NamedTuple):
   key: chex.PRNGKey
   comm: comm_stats.CommStats
   error: optax.Updates = ()
+
+
+def _check_like_params(updates: optax.Updates,
+                       params: optax.Params | None) -> None:
+  """Raises ``ValueError`` unless ``updates`` have the layout of ``params``."""
+  if params is None:
+    return
+  describe = lambda x: f"{jnp.result_type(x)}{list(jnp.shape(x))}"
+  expected = jax.tree.map(describe, params)
+  got = jax.tree.map(describe, updates)
+  if (jax.tree.structure(updates) != jax.tree.structure(params)
+      or [e.split("[")[1] for e in jax.tree.leaves(expected)]
+      != [g.split("[")[1] for g in jax.tree.leaves(got)]):
+    raise ValueError(
+        f"aggregate: the updates' structure or shapes differ from the "
+        f"params'; params {expected}, updates {got}")
 
 
 def aggregate(
@@ -145,6 +162,7 @@ def aggregate(
       params: optax.Params | None = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, AggregateState]:
+    _check_like_params(updates, params)
     key, next_key = communication.step_keys(state.key)
     rounds = communication.Rounds(state.comm, axis_name)
     out = communication.exchange(

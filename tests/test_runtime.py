@@ -177,3 +177,18 @@ def test_gradient_at_takes_the_gradient_at_another_model():
   # sgd(0.1, momentum=0.9) on the first step: params - 0.1 * mean gradient.
   jax.tree.map(lambda p, p0, g: np.testing.assert_allclose(
       p[0], p0 - 0.1 * g, rtol=1e-5, atol=1e-6), state.params, params, mean)
+
+
+@pytest.mark.parametrize("grads", [
+    {"w": jnp.ones((4, 3)), "extra": jnp.ones((4, 2))},
+    {"w": jnp.ones((4, 5))},
+])
+def test_aggregate_refuses_updates_unlike_the_params(grads):
+  tx = dist.aggregate(alg.aggregators.median())
+  params = {"w": jnp.zeros(3)}
+
+  def step(g):
+    return tx.update(g, tx.init(params), params)[0]
+
+  with pytest.raises(ValueError, match=r"params \{'w': 'float32\[3\]'\}"):
+    jax.vmap(step, axis_name=dist.WORKERS)(grads)
