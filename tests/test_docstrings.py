@@ -8,7 +8,8 @@ import pytest
 
 import distoptax
 
-PACKAGES = ("algorithms", "distributed", "experiments", "theory_checks")
+PACKAGES = ("worker_axis", "algorithms", "distributed", "experiments",
+            "theory_checks")
 MODULES = sorted(
     info.name
     for package in PACKAGES
@@ -21,6 +22,7 @@ MODULES = sorted(
 
 def test_modules_found():
   assert "distoptax.distributed.aggregate" in MODULES
+  assert "distoptax.worker_axis.collectives" in MODULES
   assert distoptax.__version__
 
 

@@ -109,7 +109,7 @@ def replication_mask(tree: Any) -> Any:
                           for name, value in zip(node._fields, node)))
     children, treedef = jax.tree_util.tree_flatten(
         node, is_leaf=lambda x: x is not node)
-    if jax.tree_util.treedef_is_leaf(treedef) and children == [node]:
+    if len(children) == 1 and children[0] is node:  # A leaf.
       return inherited
     return jax.tree_util.tree_unflatten(
         treedef, [walk(child, inherited) for child in children])
