@@ -25,6 +25,13 @@ Steps must use these functions rather than ``jax.lax`` collectives on the
 worker axis: under ``on_mesh`` a raw ``lax.psum(x, "workers")`` would reduce
 over devices only.
 
+**Tiers.** On a mesh of several axes (e.g. ``("hosts", "local")``)
+``on_mesh`` binds each as :func:`tier_axis_name` of the logical axis, and
+the worker axis spans all of them plus the per-device ``vmap``;
+:func:`tier_psum` and :func:`tier_all_gather` address one tier (a
+:class:`Tiers` factorisation), and compute the same group sums from the
+whole axis under ``simulate`` or a 1-D mesh.
+
 **Masks.** Partial participation, stragglers and dropped messages are masked
 contributions to a collective that always runs: every worker calls the same
 collective, a non-participant with weight 0 (its value, even NaN, is
