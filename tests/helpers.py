@@ -179,3 +179,70 @@ def check_compressor_contract(compressor, wire_bytes):
   if len(finals) == 2:   # psum path == all-gather path
     jax.tree.map(lambda a, b: np.testing.assert_allclose(
         a, b, rtol=1e-5, atol=1e-6), *finals)
+
+
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}|"
+                       r"(?:true|false)_computation=%?([\w.\-]+)")
+_CALLEE = re.compile(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)")
+
+
+def hlo_computations(hlo_text):
+  """``({name: body}, entry_name)`` of a compiled HLO module's text."""
+  comps, name, entry = {}, None, None
+  for line in hlo_text.splitlines():
+    header = re.match(r"^(ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if header:
+      name = header.group(2)
+      entry = name if header.group(1) else entry
+      comps[name] = []
+    elif name is not None:
+      comps[name].append(line)
+  return {k: "\n".join(v) for k, v in comps.items()}, entry
+
+
+def _reachable(comps, start, through_branches):
+  seen, todo = set(), [start]
+  while todo:
+    name = todo.pop()
+    if name in seen or name not in comps:
+      continue
+    seen.add(name)
+    todo += _CALLEE.findall(comps[name])
+    if through_branches:
+      for group, single in _BRANCHES.findall(comps[name]):
+        todo += [b.strip().lstrip("%") for b in group.split(",") if b]
+        todo += [single] if single else []
+  return seen
+
+
+def collective_reach(hlo_text, collective):
+  """Where ``collective`` (e.g. ``"all-reduce("``) runs in a compiled module.
+
+  Returns:
+    ``(always, anywhere)``: whether it is reachable from the entry without
+    entering a conditional's branch, and whether it is reachable at all.
+  """
+  comps, entry = hlo_computations(hlo_text)
+  always = _reachable(comps, entry, through_branches=False)
+  anywhere = _reachable(comps, entry, through_branches=True)
+  return (any(collective in comps[n] for n in always),
+          any(collective in comps[n] for n in anywhere))
+
+
+# One valid construction per registered name (a new entry needs a row).
+COMPRESSOR_EXAMPLES = {
+    "bfloat16": {},
+    "float16": {},
+    "global_top_k": {"fraction": 0.1},
+    "identity": {},
+    "natural": {},
+    "qsgd": {"num_levels": 4, "bucket_size": 16},
+    "scaled_sign": {},
+    "sign": {},
+    "terngrad": {},
+    "zipml": {"num_bits": 4},
+    "random_k": {"fraction": 0.25},
+    "three_lc": {"sparsity_multiplier": 1.5},
+    "threshold": {"tau": 0.5},
+    "top_k": {"k": 3},
+}

@@ -16,8 +16,6 @@ import pytest
 from distoptax import algorithms as alg
 from distoptax import distributed as dist
 from tests import helpers
-from tests.test_local_sgd import _computations
-from tests.test_local_sgd import _reachable
 
 PARAMS = helpers.mlp_params(jax.random.key(0))
 PARAM_BYTES = sum(4 * x.size for x in jax.tree.leaves(PARAMS))
@@ -246,11 +244,9 @@ def test_every_collective_sits_inside_an_hlo_conditional(num_workers):
   rt, state, _, _, _ = _run("on_mesh", num_workers)
   compiled = rt.lower(
       state, helpers.worker_batches(0, num_workers, 4)).compile().as_text()
-  comps, entry = _computations(compiled)
-  always = _reachable(comps, entry, through_branches=False)
-  anywhere = _reachable(comps, entry, through_branches=True)
-  assert not any("all-reduce(" in comps[n] for n in always)
-  assert any("all-reduce(" in comps[n] for n in anywhere)
+  always, anywhere = helpers.collective_reach(compiled, "all-reduce(")
+  assert not always
+  assert anywhere
 
 
 # ---------------------------------------------------------------------------

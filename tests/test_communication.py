@@ -102,19 +102,6 @@ def test_two_rounds_record_their_bytes_and_a_skipped_round_does_not_run():
     assert dist.total_bytes(jax.tree.map(lambda a: a[0], stats)) == total
 
 
-def _computations(hlo_text):
-  """Name -> body of each computation of a compiled HLO module."""
-  blocks, name = {}, None
-  for line in hlo_text.splitlines():
-    header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
-    if header:
-      name = header.group(1)
-      blocks[name] = []
-    elif name is not None:
-      blocks[name].append(line)
-  return {k: "\n".join(v) for k, v in blocks.items()}
-
-
 @pytest.mark.parametrize("num_workers", [8, 16])
 def test_on_a_mesh_the_guarded_all_gather_sits_in_a_conditional(num_workers):
   tx = optax.chain(two_round_protocol(period=2), optax.sgd(0.1))
@@ -124,7 +111,7 @@ def test_on_a_mesh_the_guarded_all_gather_sits_in_a_conditional(num_workers):
   state = rt.init(jnp.zeros(FLOATS))
   batch = _targets(num_workers)
   compiled = rt.lower(state, batch).compile().as_text()
-  blocks = _computations(compiled)
+  blocks, _ = helpers.hlo_computations(compiled)
   branches = set()
   for body in blocks.values():
     for line in body.splitlines():

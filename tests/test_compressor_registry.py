@@ -13,23 +13,7 @@ from distoptax.algorithms.compressors import base as compressor_base
 from distoptax.distributed import comm_stats
 from tests import helpers
 
-# One valid construction per registered name (a new entry needs a row).
-EXAMPLES = {
-    "bfloat16": {},
-    "float16": {},
-    "global_top_k": {"fraction": 0.1},
-    "identity": {},
-    "natural": {},
-    "qsgd": {"num_levels": 4, "bucket_size": 16},
-    "scaled_sign": {},
-    "sign": {},
-    "terngrad": {},
-    "zipml": {"num_bits": 4},
-    "random_k": {"fraction": 0.25},
-    "three_lc": {"sparsity_multiplier": 1.5},
-    "threshold": {"tau": 0.5},
-    "top_k": {"k": 3},
-}
+EXAMPLES = helpers.COMPRESSOR_EXAMPLES
 
 
 def _make(name):

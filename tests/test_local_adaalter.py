@@ -15,8 +15,6 @@ import pytest
 from distoptax import algorithms as alg
 from distoptax import distributed as dist
 from tests import helpers
-from tests.test_local_sgd import _computations
-from tests.test_local_sgd import _reachable
 
 PARAMS = helpers.mlp_params(jax.random.key(0))
 PARAM_BYTES = sum(4 * x.size for x in jax.tree.leaves(PARAMS))
@@ -249,11 +247,10 @@ def test_the_sync_collectives_sit_inside_an_hlo_conditional(num_workers):
   rt, _, _ = _run(2, runtime="on_mesh", num_workers=num_workers)
   state = rt.init(PARAMS)
   compiled = rt.lower(state, _batch(0, num_workers, False)).compile()
-  comps, entry = _computations(compiled.as_text())
-  always = _reachable(comps, entry, through_branches=False)
-  anywhere = _reachable(comps, entry, through_branches=True)
-  assert not any("all-reduce(" in comps[n] for n in always)
-  assert any("all-reduce(" in comps[n] for n in anywhere)
+  always, anywhere = helpers.collective_reach(compiled.as_text(),
+                                              "all-reduce(")
+  assert not always
+  assert anywhere
 
 
 # ---------------------------------------------------------------------------

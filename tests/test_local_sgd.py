@@ -5,7 +5,6 @@ each runtime is compiled once for the whole module.
 """
 
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
@@ -345,39 +344,6 @@ def test_wire_bytes_only_on_sync_rounds_and_as_in_the_program(name, op,
   assert int(state.opt_state.num_syncs) == syncs
 
 
-_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}|"
-                       r"(?:true|false)_computation=%?([\w.\-]+)")
-_CALLEE = re.compile(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)")
-
-
-def _computations(hlo_text):
-  comps, name, entry = {}, None, None
-  for line in hlo_text.splitlines():
-    header = re.match(r"^(ENTRY )?%?([\w.\-]+) .*\{$", line)
-    if header:
-      name = header.group(2)
-      entry = name if header.group(1) else entry
-      comps[name] = []
-    elif name is not None:
-      comps[name].append(line)
-  return {k: "\n".join(v) for k, v in comps.items()}, entry
-
-
-def _reachable(comps, start, through_branches):
-  seen, todo = set(), [start]
-  while todo:
-    name = todo.pop()
-    if name in seen or name not in comps:
-      continue
-    seen.add(name)
-    todo += _CALLEE.findall(comps[name])
-    if through_branches:
-      for group, single in _BRANCHES.findall(comps[name]):
-        todo += [b.strip().lstrip("%") for b in group.split(",") if b]
-        todo += [single] if single else []
-  return seen
-
-
 @pytest.mark.parametrize("name,num_workers,collective", [
     ("fedavg", 8, "all-reduce("),
     ("fedavg", 16, "all-reduce("),
@@ -388,13 +354,10 @@ def test_the_sync_collective_sits_inside_an_hlo_conditional(
   rt, state, _ = _run(name, "on_mesh", num_workers)
   compiled = rt.lower(
       state, helpers.worker_batches(0, num_workers, 4)).compile().as_text()
-  comps, entry = _computations(compiled)
-  always = _reachable(comps, entry, through_branches=False)
-  anywhere = _reachable(comps, entry, through_branches=True)
-  assert not any(collective in comps[n] for n in always)
-  assert any(collective in comps[n] for n in anywhere)
-  assert not any(c in comps[n] for n in always
-                 for c in ("all-reduce(", "all-gather("))
+  always, anywhere = helpers.collective_reach(compiled, collective)
+  assert anywhere
+  for c in ("all-reduce(", "all-gather("):
+    assert not helpers.collective_reach(compiled, c)[0]
 
 
 # ---------------------------------------------------------------------------

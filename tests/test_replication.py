@@ -5,7 +5,6 @@ runtimes; their replicated leaves carry no worker axis, agree on every
 device, and the two runtimes agree.
 """
 
-import re
 from typing import NamedTuple
 
 import jax
@@ -45,22 +44,7 @@ RULES = {
     "zeno": dict(num_suspicious=F, learning_rate=0.1, rho=1e-3),
 }
 ATTACKS = {name: dict(num_byzantine=F) for name in alg.attacks.ATTACKS}
-COMPRESSORS = {
-    "bfloat16": {},
-    "float16": {},
-    "global_top_k": {"fraction": 0.1},
-    "identity": {},
-    "natural": {},
-    "qsgd": {"num_levels": 4, "bucket_size": 16},
-    "scaled_sign": {},
-    "sign": {},
-    "terngrad": {},
-    "zipml": {"num_bits": 4},
-    "random_k": {"fraction": 0.25},
-    "three_lc": {"sparsity_multiplier": 1.5},
-    "threshold": {"tau": 0.5},
-    "top_k": {"k": 3},
-}
+COMPRESSORS = helpers.COMPRESSOR_EXAMPLES
 
 
 def test_every_registered_transform_has_a_case():
@@ -180,51 +164,18 @@ def _periodic_step(on_sync=None):
   return dist.WorkerStep(base.init, update, base.axis_name)
 
 
-_CALLEE = re.compile(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)")
-_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
-
-
-def _computations(hlo_text):
-  """``{name: body}`` of an HLO module's computations, and the entry's name."""
-  comps, name, entry = {}, None, None
-  for line in hlo_text.splitlines():
-    if line and not line.startswith((" ", "}")) and line.endswith("{"):
-      words = line.split()
-      name = (words[1] if words[0] == "ENTRY" else words[0]).lstrip("%")
-      entry = name if words[0] == "ENTRY" else entry
-      comps[name] = []
-    elif name is not None:
-      comps[name].append(line)
-  return {k: "\n".join(v) for k, v in comps.items()}, entry
-
-
-def _reachable(comps, start, through_branches):
-  seen, todo = set(), [start]
-  while todo:
-    name = todo.pop()
-    if name in seen:
-      continue
-    seen.add(name)
-    body = comps[name]
-    todo += _CALLEE.findall(body)
-    if through_branches:
-      for group in _BRANCHES.findall(body):
-        todo += [b.strip().lstrip("%") for b in group.split(",")]
-  return seen
-
-
 @pytest.mark.parametrize("num_workers", [8, 16])
 def test_a_skipped_collective_sits_inside_an_hlo_conditional(num_workers):
   rt = dist.on_mesh(_periodic_step(), jax.make_mesh((8,), (dist.WORKERS,)),
                     num_workers)
   state = rt.init(helpers.mlp_params(jax.random.key(0)))
   batch = helpers.worker_batches(0, num_workers, 4)
-  comps, entry = _computations(rt.lower(state, batch).compile().as_text())
+  hlo = rt.lower(state, batch).compile().as_text()
+  comps, entry = helpers.hlo_computations(hlo)
   assert "conditional(" in comps[entry]
-  always = _reachable(comps, entry, through_branches=False)
-  anywhere = _reachable(comps, entry, through_branches=True)
-  assert not any("all-reduce(" in comps[n] for n in always)
-  assert any("all-reduce(" in comps[n] for n in anywhere)
+  always, anywhere = helpers.collective_reach(hlo, "all-reduce(")
+  assert not always
+  assert anywhere
 
 
 @pytest.mark.parametrize("runtime", ["simulate", "on_mesh"])
