@@ -7,10 +7,14 @@ averaged over workers by an all-reduce of one float32. The rule and its
 forms are ``algorithms.local.adacomm_period``; conventions and sources in
 ``third_party_notes/adacomm.md``.
 
-The interval of the rule is counted in steps; the paper's interval of
-wall-clock seconds (from ``distributed.Clock``) is not implemented.
+The interval of the rule is counted in steps (``interval``) or, as in the
+paper, in seconds of the simulated clock (``interval_seconds``): the caller
+passes the clock's time as the extra argument ``simulated_seconds=`` (the
+trainer gives ``Runtime.step`` its clock's time as a host input, which
+``data_parallel`` hands to ``tx.update``).
 """
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -28,7 +32,7 @@ from distoptax.worker_axis import replication
 
 
 @replication.replicated_fields("initial_loss", "loss", "since_update",
-                               "initial_lr")
+                               "initial_lr", "updated_at")
 class AdaCommState(NamedTuple):
   """State of :func:`adacomm`.
 
@@ -43,6 +47,8 @@ class AdaCommState(NamedTuple):
       replicated.
     initial_lr: :math:`\\eta_0` of ``learning_rate`` at step 0 (float32; 1
       without one); replicated.
+    updated_at: the simulated seconds (``simulated_seconds=``) of the last
+      recomputation (float32; 0 when the interval is in steps); replicated.
     comm: the bytes of the loss all-reduces (``CommStats``, per worker).
   """
 
@@ -52,6 +58,7 @@ class AdaCommState(NamedTuple):
   since_update: jax.Array
   initial_lr: jax.Array
   comm: comm_stats.CommStats
+  updated_at: jax.Array
 
 
 def adacomm(
@@ -60,6 +67,7 @@ def adacomm(
     tau_max: int = 16,
     interval: int = 1,
     *,
+    interval_seconds: float | None = None,
     form: str = "paper",
     learning_rate: Callable[[jax.Array], Any] | None = None,
     outer: optax.GradientTransformation | None = None,
@@ -74,9 +82,10 @@ def adacomm(
 
   Local SGD (:func:`~distoptax.distributed.local_sgd`) starts with period
   :math:`\tau_0`. Step 0 averages the workers' losses into :math:`F_0`.
-  Afterwards, at each sync that comes at least ``interval`` steps after
-  the last recomputation, the workers' losses of that step are averaged
-  into :math:`F` and the period of the next syncs becomes
+  Afterwards, at each sync that comes at least ``interval`` steps (or
+  ``interval_seconds`` simulated seconds) after the last recomputation,
+  the workers' losses of that step are averaged into :math:`F` and the
+  period of the next syncs becomes
 
   .. math::
     \tau = \min\Big(\tau_{\max}, \max\big(1, \big\lceil
@@ -101,6 +110,12 @@ def adacomm(
     tau_max: the largest period, :math:`\ge \tau_0` (Paddle: 16).
     interval: steps between recomputations, an int :math:`\ge 1`; the
       period changes at the first sync after that many steps.
+    interval_seconds: instead of ``interval``, simulated seconds between
+      recomputations (a finite float :math:`> 0`), as in the paper; the
+      period changes at the first sync at which the extra argument
+      ``simulated_seconds=`` (the clock's time, the same on every worker)
+      is at least this much past the last recomputation. ``None``: count
+      steps.
     form: a key of ``algorithms.local.PERIOD_FORMS``.
     learning_rate: the inner optimizer's schedule ``step -> rate``, for the
       ratio :math:`\eta_0/\eta`; ``None``: ratio 1.
@@ -115,15 +130,18 @@ def adacomm(
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with an
     :class:`AdaCommState`. ``update`` needs ``params`` and ``value=`` (this
-    worker's training loss); other extra arguments go to ``local_sgd``.
+    worker's training loss), and ``simulated_seconds=`` with
+    ``interval_seconds``; other extra arguments go to ``local_sgd``.
 
   Raises:
     TypeError: for non-int ``tau_0``, ``tau_max`` or ``interval``, a
-      ``learning_rate`` that is not callable, or a bad ``local_sgd``
-      argument.
+      non-number ``interval_seconds``, a ``learning_rate`` that is not
+      callable, or a bad ``local_sgd`` argument.
     ValueError: for ``tau_0 < 1``, ``tau_max < tau_0``, ``interval < 1``,
-      an unknown ``form``, a bad ``local_sgd`` argument, or (at the first
-      ``update``) a missing ``value=``.
+      ``interval_seconds`` not finite and > 0, both ``interval`` and
+      ``interval_seconds`` given, an unknown ``form``, a bad ``local_sgd``
+      argument, or (at the first ``update``) a missing ``value=`` or
+      ``simulated_seconds=``.
 
   Example:
     >>> import jax.numpy as jnp, optax
@@ -157,6 +175,19 @@ def adacomm(
   """
   tau_0, tau_max = local_math.check_periods(tau_0, tau_max)
   interval = local_sgd_lib.check_period(interval, name="interval")
+  if interval_seconds is not None:
+    if isinstance(interval_seconds, bool) or not isinstance(
+        interval_seconds, (int, float)):
+      raise TypeError(f"interval_seconds must be a number or None; got "
+                      f"{interval_seconds!r}")
+    if not (math.isfinite(interval_seconds) and interval_seconds > 0):
+      raise ValueError(f"interval_seconds must be a finite number > 0 or "
+                       f"None; got {interval_seconds!r}")
+    if interval != 1:
+      raise ValueError(
+          f"give the interval in steps (interval={interval}) or in "
+          f"simulated seconds (interval_seconds={interval_seconds}), not "
+          "both")
   form_name = local_math.check_form(form)
   if learning_rate is not None and not callable(learning_rate):
     raise TypeError(f"learning_rate must be a schedule (step -> rate) or "
@@ -179,25 +210,38 @@ def adacomm(
         loss=zero,
         since_update=jnp.zeros((), jnp.int32),
         initial_lr=rate(jnp.zeros((), jnp.int32)),
-        comm=comm_stats.init_comm_stats(capacity=1))
+        comm=comm_stats.init_comm_stats(capacity=1),
+        updated_at=zero)
 
   def update_fn(
       updates: optax.Updates,
       state: AdaCommState,
       params: optax.Params | None = None,
       value: Any = None,
+      simulated_seconds: Any = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, AdaCommState]:
     if value is None:
       raise ValueError(
           "adacomm.update needs value=, this worker's training loss (a "
           "scalar; distributed.data_parallel passes value=loss)")
+    if interval_seconds is not None and simulated_seconds is None:
+      raise ValueError(
+          f"adacomm(interval_seconds={interval_seconds}) needs "
+          "simulated_seconds=, the clock's time (the same on every worker; "
+          "give Runtime.step inputs={'simulated_seconds': ...})")
     before = state.local
     updates, after = local.update(updates, before, params, value=value,
                                   **extra_args)
     first = before.step == 0
     synced = after.num_syncs > before.num_syncs
-    due = first | (synced & (state.since_update + 1 >= interval))
+    if interval_seconds is None:
+      now = state.updated_at
+      waited = state.since_update + 1 >= interval
+    else:
+      now = jnp.asarray(simulated_seconds, jnp.float32).reshape(())
+      waited = now - state.updated_at >= interval_seconds
+    due = first | (synced & waited)
     rounds = communication.Rounds(state.comm, axis_name)
 
     def recompute(loss):
@@ -220,7 +264,8 @@ def adacomm(
         loss=loss,
         since_update=jnp.where(due, 0, state.since_update + 1),
         initial_lr=state.initial_lr,
-        comm=rounds.finish())
+        comm=rounds.finish(),
+        updated_at=jnp.where(due, now, state.updated_at))
     return updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

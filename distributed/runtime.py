@@ -71,8 +71,10 @@ class WorkerStep(NamedTuple):
   Attributes:
     init: ``init(params) -> TrainState`` for one worker; runs under the
       worker axis (like ``update``), so it may ask ``num_workers``.
-    update: ``update(state, batch) -> (state, metrics)`` for one worker; its
-      collectives run over ``axis_name``.
+    update: ``update(state, batch, **inputs) -> (state, metrics)`` for one
+      worker; its collectives run over ``axis_name``. ``inputs`` are the
+      runtime's replicated host inputs (``Runtime.step(..., inputs=)``),
+      passed only when the caller gives some.
     axis_name: the logical worker axis the step communicates over.
   """
 
@@ -107,7 +109,10 @@ def data_parallel(
     extra_args: ``extra_args(state) -> dict`` of further optax extra
       arguments for ``tx.update`` (e.g. Zeno's ``value_fn``, a loss oracle on
       a validation batch chosen from ``state.step``); it must give the same
-      values on every worker when a rule relies on that.
+      values on every worker when a rule relies on that. The runtime's
+      host inputs (``Runtime.step(state, batch, inputs={...})``, e.g. the
+      simulated seconds of the clock) are passed to ``tx.update`` as extra
+      arguments too.
     gradient_at: ``gradient_at(state) -> params`` at which the loss and its
       gradient are taken; ``None`` takes them at ``state.params``. For
       methods whose gradient is evaluated at another model than the one
@@ -146,11 +151,18 @@ def data_parallel(
   def init(params: optax.Params) -> TrainState:
     return state_type(jnp.zeros((), jnp.int32), params, tx.init(params))
 
-  def update(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+  def update(state: TrainState, batch: Batch,
+             **inputs: Any) -> tuple[TrainState, Metrics]:
     at = state.params if gradient_at is None else gradient_at(state)
     value, grads = grad_fn(at, batch)
     loss, aux = value if has_aux else (value, {})
     more = {} if extra_args is None else extra_args(state)
+    clash = sorted(set(more) & set(inputs))
+    if clash:
+      raise ValueError(
+          f"host inputs {clash} are also given by extra_args; each extra "
+          "argument of tx.update must come from one place")
+    more = {**more, **inputs}
     updates, opt_state = tx.update(
         grads, state.opt_state, state.params, value=loss, **more)
     params = optax.apply_updates(state.params, updates)
@@ -177,20 +189,25 @@ class Runtime(NamedTuple):
       per-worker leaf and none on replicated leaves (see the module
       docstring); ``params`` has no worker axis and is copied to every
       worker.
-    step: ``step(state, batch) -> (state, metrics)``, jitted; every leaf of
-      ``batch`` has a leading ``[num_workers]`` axis (worker ``i`` reads
-      row ``i``) and every metric comes back per worker. ``state`` is
-      donated: its buffers are reused for the new state, so keep only the
-      returned one (copy a leaf with ``np.asarray`` first to keep it).
+    step: ``step(state, batch, inputs=None) -> (state, metrics)``, jitted;
+      every leaf of ``batch`` has a leading ``[num_workers]`` axis (worker
+      ``i`` reads row ``i``) and every metric comes back per worker.
+      ``inputs``, a dict of arrays (or ``None``), are **host inputs**: the
+      same for every worker (held once, like replicated state), passed to
+      ``WorkerStep.update`` as keyword arguments (``data_parallel`` hands
+      them to ``tx.update`` as extra arguments), e.g. the clock's simulated
+      seconds. ``state`` is donated: its buffers are reused for the new
+      state, so keep only the returned one (copy a leaf with
+      ``np.asarray`` first to keep it).
     num_workers: the number of workers.
-    lower: ``lower(state, batch) -> jax.stages.Lowered``, the program that
-      ``step`` runs, for inspecting its collectives and costs.
+    lower: ``lower(state, batch, inputs=None) -> jax.stages.Lowered``, the
+      program that ``step`` runs, for inspecting its collectives and costs.
   """
 
   init: Callable[[optax.Params], TrainState]
-  step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+  step: Callable[..., tuple[TrainState, Metrics]]
   num_workers: int
-  lower: Callable[[TrainState, Batch], jax.stages.Lowered]
+  lower: Callable[..., jax.stages.Lowered]
 
 
 def _check_num_workers(num_workers: int) -> None:
@@ -208,6 +225,18 @@ def _check_batch(batch: Batch, num_workers: int) -> None:
           f"every batch leaf needs a leading axis of num_workers="
           f"{num_workers} (worker i reads row i); batch"
           f"{jax.tree_util.keystr(path)} has shape {shape}")
+
+
+def _check_inputs(inputs: Any) -> dict[str, Any]:
+  """``inputs`` as a dict of arrays; ``{}`` for ``None``."""
+  if inputs is None:
+    return {}
+  if not isinstance(inputs, dict) or not all(
+      isinstance(k, str) for k in inputs):
+    raise TypeError(
+        f"inputs must be a dict of named arrays (host inputs, the same for "
+        f"every worker) or None; got {inputs!r}")
+  return inputs
 
 
 def _check_params(params: optax.Params) -> None:
@@ -277,10 +306,13 @@ def _init_fn(step: WorkerStep, num_workers: int):
 def _mapped_update(step: WorkerStep, axis_name: str):
   """``step.update`` mapped over ``axis_name``, replicated leaves unmapped."""
 
-  def mapped(state, batch):
+  def update(state, batch, inputs):
+    return step.update(state, batch, **inputs)
+
+  def mapped(state, batch, inputs):
     axes = replication.worker_axes_tree(state)
-    return _vmap_workers(step.update, (state, batch), (axes, 0), (axes, 0),
-                         "step", axis_name=axis_name)
+    return _vmap_workers(update, (state, batch, inputs), (axes, 0, None),
+                         (axes, 0), "step", axis_name=axis_name)
 
   return mapped
 
@@ -309,13 +341,14 @@ def simulate(step: WorkerStep, num_workers: int) -> Runtime:
     _check_params(params)
     return jax.jit(init_all)(params)
 
-  def run_step(state: TrainState, batch: Batch):
+  def run_step(state: TrainState, batch: Batch, inputs: Any = None):
     _check_batch(batch, num_workers)
-    return jitted(state, batch)
+    return jitted(state, batch, _check_inputs(inputs))
 
-  def lower(state: TrainState, batch: Batch) -> jax.stages.Lowered:
+  def lower(state: TrainState, batch: Batch,
+            inputs: Any = None) -> jax.stages.Lowered:
     _check_batch(batch, num_workers)
-    return jitted.lower(state, batch)
+    return jitted.lower(state, batch, _check_inputs(inputs))
 
   return Runtime(init=init, step=run_step, num_workers=num_workers,
                  lower=lower)
@@ -382,15 +415,17 @@ def on_mesh(step: WorkerStep, mesh: jax.sharding.Mesh,
   local = _mapped_update(step, collectives.local_axis_name(axis))
   check_replication = _mapped_update(step, axis)
 
-  def mapped(state, batch):
+  def mapped(state, batch, inputs):
     # The same step as ``simulate`` runs it, traced only: it refuses a
     # replicated leaf that depends on any worker's data, which the mesh
     # program (check_vma off) would not notice across devices.
-    jax.eval_shape(check_replication, state, batch)
+    jax.eval_shape(check_replication, state, batch, inputs)
     specs = replication.worker_axes_tree(state, spec)
-    return jax.shard_map(local, mesh=mesh, in_specs=(specs, spec),
+    held_once = jax.sharding.PartitionSpec()
+    return jax.shard_map(local, mesh=mesh,
+                         in_specs=(specs, spec, held_once),
                          out_specs=(specs, spec), check_vma=False)(
-                             state, batch)
+                             state, batch, inputs)
 
   jitted = jax.jit(mapped, donate_argnums=0)
   init_all, axes_of = _init_fn(step, num_workers)
@@ -409,11 +444,12 @@ def on_mesh(step: WorkerStep, mesh: jax.sharding.Mesh,
     _check_batch(batch, num_workers)
     return jax.device_put(batch, jax.sharding.NamedSharding(mesh, spec))
 
-  def run_step(state: TrainState, batch: Batch):
-    return jitted(state, place(batch))
+  def run_step(state: TrainState, batch: Batch, inputs: Any = None):
+    return jitted(state, place(batch), _check_inputs(inputs))
 
-  def lower(state: TrainState, batch: Batch) -> jax.stages.Lowered:
-    return jitted.lower(state, place(batch))
+  def lower(state: TrainState, batch: Batch,
+            inputs: Any = None) -> jax.stages.Lowered:
+    return jitted.lower(state, place(batch), _check_inputs(inputs))
 
   return Runtime(init=init, step=run_step, num_workers=num_workers,
                  lower=lower)

@@ -149,6 +149,70 @@ def test_transform_interval_waits_for_the_first_sync_after_it():
   assert comm == [4, 0, 0, 0, 0, 4] + [0] * 4 + [4, 0, 0]
 
 
+def test_transform_interval_in_simulated_seconds():
+  """Period 2, interval 2.5 s, time t at step t: the sync at t = 1 comes 1 s
+  after step 0 and keeps the period; the sync at t = 3 recomputes it (to 1,
+  so every later step syncs); then t = 6 and t = 9 recompute (>= 2.5 s
+  after the previous), t = 4, 5, 7, 8 do not."""
+  tx = dist.adacomm(optax.sgd(0.1), 2, 8, interval_seconds=2.5)
+
+  def step(w, state, g, v, t):
+    u, state = tx.update(g, state, w, value=v, simulated_seconds=t)
+    return optax.apply_updates(w, u), state
+
+  w = jnp.zeros((2, 2))
+  state = jax.vmap(tx.init, axis_name=dist.WORKERS)(w)
+  f = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, 0, None),
+                       axis_name=dist.WORKERS))
+  comm = []
+  for t, v in enumerate([[4.0, 4.0]] + [[1.0, 1.0]] * 9):
+    w, state = f(w, state, jnp.ones((2, 2)), jnp.asarray(v), float(t))
+    comm.append(int(state.comm.all_reduce_bytes[0]))
+  assert comm == [4, 0, 0, 4, 0, 0, 4, 0, 0, 4]
+  np.testing.assert_array_equal(state.updated_at, 9.0)
+  assert int(state.local.period[0]) == 1
+
+
+def test_transform_interval_in_seconds_needs_the_clock():
+  tx = dist.adacomm(optax.sgd(0.1), 2, interval_seconds=1.0)
+
+  def step(w, g):
+    return tx.update(g, tx.init(w), w, value=jnp.ones(()))
+
+  with pytest.raises(ValueError, match="needs simulated_seconds="):
+    jax.vmap(step, axis_name=dist.WORKERS)(jnp.zeros((2, 3)),
+                                            jnp.ones((2, 3)))
+
+
+def test_runtime_host_input_drives_the_seconds_interval():
+  """The runtime hands its host inputs to tx.update: under simulate and
+  on_mesh the loss is averaged at step 0 and at exactly the syncs that come
+  >= 2.5 simulated seconds after the previous recomputation (time t at
+  step t)."""
+  tx = dist.adacomm(optax.sgd(0.2), 2, 8, interval_seconds=2.5)
+  step = dist.data_parallel(helpers.mlp_loss, tx)
+  runs = [dist.simulate(step, 8),
+          dist.on_mesh(step, jax.make_mesh((8,), (dist.WORKERS,)), 8)]
+  batch = helpers.worker_batches(0, 8, 4)
+  seen = []
+  for rt in runs:
+    state, comm, syncs = rt.init(PARAMS), [], []
+    for t in range(10):
+      state, _ = rt.step(state, batch, inputs={"simulated_seconds":
+                                               jnp.float32(t)})
+      comm.append(int(np.asarray(state.opt_state.comm.all_reduce_bytes)[0]))
+      syncs.append(int(state.opt_state.local.num_syncs))
+    seen.append(comm)
+  expected, last = [], 0
+  for t in range(10):
+    synced = t and syncs[t] > syncs[t - 1]
+    due = t == 0 or (synced and t - last >= 2.5)
+    last = t if due else last
+    expected.append(4 * due)
+  assert seen[0] == seen[1] == expected
+  assert sum(expected) >= 12, expected   # Step 0 and at least two more.
+
+
 def test_transform_learning_rate_schedule_enters_the_ratio():
   schedule = lambda step: jnp.where(step < 2, 0.1, 0.05)
   losses = [[2.0, 2.0]] + [[1.0, 1.0]] * 3
@@ -264,6 +328,15 @@ def test_every_collective_sits_inside_an_hlo_conditional(num_workers):
      "interval must be an int >= 1; got 0"),
     (lambda: dist.adacomm(optax.sgd(0.1), 4, 8, interval=1.5), TypeError,
      "interval must be a Python int >= 1; got 1.5"),
+    (lambda: dist.adacomm(optax.sgd(0.1), 4, interval_seconds=0.0),
+     ValueError, "interval_seconds must be a finite number > 0.*0.0"),
+    (lambda: dist.adacomm(optax.sgd(0.1), 4, interval_seconds=float("nan")),
+     ValueError, "interval_seconds must be a finite number > 0.*nan"),
+    (lambda: dist.adacomm(optax.sgd(0.1), 4, interval_seconds="1"),
+     TypeError, "interval_seconds must be a number or None; got '1'"),
+    (lambda: dist.adacomm(optax.sgd(0.1), 4, interval=2,
+                          interval_seconds=1.0),
+     ValueError, "interval=2.*interval_seconds=1.0.*not both"),
     (lambda: dist.adacomm(optax.sgd(0.1), 4, form="sqrt"), ValueError,
      r"form must be one of \('paddle', 'paper'\); got 'sqrt'"),
     (lambda: dist.adacomm(optax.sgd(0.1), 4, learning_rate=0.1), TypeError,

@@ -192,3 +192,44 @@ def test_aggregate_refuses_updates_unlike_the_params(grads):
 
   with pytest.raises(ValueError, match=r"params \{'w': 'float32\[3\]'\}"):
     jax.vmap(step, axis_name=dist.WORKERS)(grads)
+
+
+def _echo_input_tx():
+  """A transform whose update is its extra argument ``shift`` (a scalar)."""
+
+  def update(updates, state, params=None, shift=None, **_):
+    return jax.tree.map(lambda u: jnp.full_like(u, shift), updates), state
+
+  return optax.GradientTransformationExtraArgs(lambda p: (), update)
+
+
+@pytest.mark.parametrize("runtime", ["simulate", "on_mesh"])
+def test_host_inputs_reach_tx_update_once_for_every_worker(runtime):
+  step = dist.data_parallel(helpers.mlp_loss, _echo_input_tx())
+  if runtime == "simulate":
+    rt = dist.simulate(step, 8)
+  else:
+    rt = dist.on_mesh(step, jax.make_mesh((8,), (dist.WORKERS,)), 16)
+  state = rt.init(helpers.mlp_params(jax.random.key(0)))
+  batch = helpers.worker_batches(0, rt.num_workers, 2)
+  state, _ = rt.step(state, batch, inputs={"shift": jnp.float32(0.5)})
+  first = jax.tree.leaves(state.params)[0]
+  start = jax.tree.leaves(helpers.mlp_params(jax.random.key(0)))[0]
+  np.testing.assert_array_equal(first, np.broadcast_to(
+      np.asarray(start) + 0.5, first.shape))
+  lowered = rt.lower(state, batch, inputs={"shift": jnp.float32(0.5)})
+  inputs_info = lowered.args_info[0][2]   # (state, batch, inputs)
+  assert inputs_info["shift"].shape == ()   # Enters once, not per worker.
+
+
+def test_host_inputs_are_checked():
+  step = dist.data_parallel(helpers.mlp_loss, _echo_input_tx(),
+                            extra_args=lambda s: {"shift": 1.0})
+  rt = dist.simulate(step, 2)
+  state = rt.init(helpers.mlp_params(jax.random.key(0)))
+  batch = helpers.worker_batches(0, 2, 2)
+  with pytest.raises(TypeError, match="inputs must be a dict.*0.5"):
+    rt.step(state, batch, inputs=0.5)
+  with pytest.raises(ValueError, match=r"host inputs \['shift'\] are also "
+                     "given by extra_args"):
+    rt.step(state, batch, inputs={"shift": jnp.float32(0.5)})
