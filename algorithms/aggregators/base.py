@@ -48,11 +48,66 @@ class AggregationRule(NamedTuple):
     is_mean: True when the rule is exactly the arithmetic mean of the stack,
       so the caller may compute it with one all-reduce (``psum / n``) instead
       of gathering the stack.
+    supports_mask: True when ``update`` takes ``present=``, a bool ``[n]``
+      participation mask, and aggregates only the rows present (absent rows
+      may hold anything, NaN included). The number of rows present is
+      traced; the rule's preconditions hold for it when they hold at
+      ``init(params, k)`` for every count ``k`` that can occur (what
+      ``distoptax.distributed.partial_aggregate`` checks). A rule without
+      it refuses ``present=`` (see :func:`refuse_mask`).
   """
 
   init: optax.TransformInitFn
   update: AggregateFn
   is_mean: bool = False
+  supports_mask: bool = False
+
+
+MASK_ARG = "present"
+"""Name of the participation-mask extra argument of a rule's ``update``."""
+
+
+def check_present(name: str, present: Any, n: int) -> jax.Array:
+  """Returns the participation mask ``present`` as a bool ``[n]`` array.
+
+  Args:
+    name: the rule, for messages.
+    present: booleans or 0/1 numbers, one per row of the stack.
+    n: the stack's row count.
+
+  Raises:
+    ValueError: if the mask's shape is not ``(n,)``.
+    TypeError: if it is not boolean or numeric.
+  """
+  present = jnp.asarray(present)
+  if present.shape != (n,):
+    raise ValueError(
+        f"{name}: the participation mask must have shape ({n},) (one entry "
+        f"per worker); got shape {present.shape}")
+  if not (present.dtype == jnp.bool_
+          or jnp.issubdtype(present.dtype, jnp.number)):
+    raise TypeError(f"{name}: the participation mask must be boolean or "
+                    f"0/1 numbers; got dtype {present.dtype}")
+  return present != 0
+
+
+def refuse_mask(name: str, extra_args: Any) -> None:
+  """Raises ``ValueError`` if a rule without mask support got ``present=``.
+
+  Args:
+    name: the rule, for the message.
+    extra_args: the extra arguments ``update`` received.
+  """
+  if extra_args.get(MASK_ARG) is not None:
+    raise ValueError(
+        f"{name} does not aggregate under a participation mask "
+        f"({MASK_ARG}=...); rules that do: mean, median, trimmed_mean, "
+        f"geometric_median, krum, multi_krum")
+
+
+def present_rows(present: jax.Array, x: jax.Array) -> jax.Array:
+  """``present`` broadcast against a stacked leaf ``x`` of shape ``[n, ...]``."""
+  return present.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
 def stack_size(stacked_updates: optax.Updates) -> int:
@@ -128,6 +183,8 @@ def stateless_rule(
     check_workers: Callable[[int], None] | None = None,
     is_mean: bool = False,
     name: str = "rule",
+    masked_fn: Callable[[optax.Updates, jax.Array], optax.Updates]
+    | None = None,
 ) -> AggregationRule:
   """Builds a stateless :class:`AggregationRule` from a function of the stack.
 
@@ -146,6 +203,10 @@ def stateless_rule(
     is_mean: see :class:`AggregationRule`; True only if ``aggregate_fn`` is
       exactly the arithmetic mean over workers.
     name: the rule's name, for messages.
+    masked_fn: optional ``masked_fn(stacked_updates, present) -> aggregated``
+      over the rows where the bool ``[n]`` mask ``present`` is True; with
+      it, ``update`` takes ``present=`` (``supports_mask=True``), without it
+      ``update`` refuses ``present=`` with a ``ValueError``.
 
   Returns:
     An :class:`AggregationRule` whose state is a :class:`WorkerCount`.
@@ -184,14 +245,20 @@ def stateless_rule(
       params: optax.Params | None = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, WorkerCount]:
-    del params, extra_args
+    del params
     n = stack_size(stacked_updates)
     if check_workers is not None:
       check_workers(n)
     check_state(name, state, WorkerCount, n)
-    return aggregate_fn(stacked_updates), state
+    present = extra_args.get(MASK_ARG)
+    if present is None:
+      return aggregate_fn(stacked_updates), state
+    if masked_fn is None:
+      refuse_mask(name, extra_args)
+    return masked_fn(stacked_updates, check_present(name, present, n)), state
 
-  return AggregationRule(init_fn, update_fn, is_mean=is_mean)
+  return AggregationRule(init_fn, update_fn, is_mean=is_mean,
+                         supports_mask=masked_fn is not None)
 
 
 def mean_over_workers(x: jax.Array) -> jax.Array:

@@ -51,8 +51,14 @@ def check_honest_majority(name: str, n: int, f: int) -> None:
 
 def _coordinatewise_rule(
     name: str, f: int | None,
-    leaf_fn: Callable[[jax.Array], jax.Array]) -> base.AggregationRule:
-  """A stateless rule applying ``leaf_fn`` to every leaf of the stack."""
+    leaf_fn: Callable[[jax.Array], jax.Array],
+    masked_leaf_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+) -> base.AggregationRule:
+  """A stateless rule applying ``leaf_fn`` to every leaf of the stack.
+
+  With ``masked_leaf_fn(leaf, present)`` the rule also aggregates under a
+  participation mask (``present=``), over the rows present only.
+  """
 
   def check(n: int) -> None:
     if n < 1:
@@ -60,8 +66,13 @@ def _coordinatewise_rule(
     if f is not None:
       check_honest_majority(name, n, f)
 
+  masked_fn = None
+  if masked_leaf_fn is not None:
+    masked_fn = lambda stacked, present: jax.tree.map(
+        lambda x: masked_leaf_fn(x, present), stacked)
   return base.stateless_rule(lambda stacked: jax.tree.map(leaf_fn, stacked),
-                             check_workers=check, name=name)
+                             check_workers=check, name=name,
+                             masked_fn=masked_fn)
 
 
 def median(num_byzantine: int | None = None) -> base.AggregationRule:
@@ -71,7 +82,8 @@ def median(num_byzantine: int | None = None) -> base.AggregationRule:
     \mathrm{Med}(x_1, \dots, x_n)_k = \mathrm{median}(x_{1,k}, \dots, x_{n,k})
 
   For even ``n`` the midpoint of the two middle values. NaN counts as
-  ``+inf``. The rule has no parameter; ``num_byzantine``, when given, is only
+  ``+inf``. Under a participation mask (``present=``) the median of the rows
+  present. The rule has no parameter; ``num_byzantine``, when given, is only
   checked against ``n > 2f`` (the median's breakdown point is 1/2).
 
   References:
@@ -110,7 +122,8 @@ def median(num_byzantine: int | None = None) -> base.AggregationRule:
   """
   f = None if num_byzantine is None else check_num_byzantine(
       "median", num_byzantine)
-  return _coordinatewise_rule("median", f, order_stats.median_over_workers)
+  return _coordinatewise_rule("median", f, order_stats.median_over_workers,
+                              order_stats.masked_median_over_workers)
 
 
 def trimmed_mean(num_byzantine: int) -> base.AggregationRule:
@@ -121,7 +134,8 @@ def trimmed_mean(num_byzantine: int) -> base.AggregationRule:
       \sum_{j = f + 1}^{n - f} x_{(j), k}
 
   where :math:`x_{(1),k} \le \dots \le x_{(n),k}` sorts coordinate ``k``.
-  With ``f = 0`` it is the mean. NaN counts as ``+inf``.
+  With ``f = 0`` it is the mean. NaN counts as ``+inf``. Under a
+  participation mask (``present=``) ``n`` is the number of rows present.
 
   References:
     Yin, Chen, Ramchandran and Bartlett, ICML 2018 (arXiv:1803.01498),
@@ -154,7 +168,9 @@ def trimmed_mean(num_byzantine: int) -> base.AggregationRule:
   f = check_num_byzantine("trimmed_mean", num_byzantine)
   return _coordinatewise_rule(
       "trimmed_mean", f,
-      lambda x: order_stats.trimmed_mean_over_workers(x, f))
+      lambda x: order_stats.trimmed_mean_over_workers(x, f),
+      lambda x, present: order_stats.masked_trimmed_mean_over_workers(
+          x, present, f))
 
 
 def mean_around_median(num_byzantine: int) -> base.AggregationRule:

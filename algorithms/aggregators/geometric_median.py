@@ -152,7 +152,9 @@ def geometric_median(
   at least as large as the entries of its row and of the iterate, so huge
   but finite updates (``1e30``, whose squares overflow float32) are
   handled; a distance beyond float32's range gives weight 0. If every
-  update is non-finite the output is NaN.
+  update is non-finite the output is NaN. Under a participation mask
+  (``present=``) the absent rows get weight 0 like non-finite ones, and the
+  coordinate-median start is that of the rows present.
 
   References:
     Pillutla, Kakade and Harchaoui, *Robust Aggregation for Federated
@@ -233,23 +235,33 @@ def geometric_median(
       params: optax.Params | None = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, GeometricMedianState]:
-    del params, extra_args
+    del params
     n = base.stack_size(stacked_updates)
     check(n)
     base.check_state("geometric_median", state, GeometricMedianState, n)
+    present = extra_args.get(base.MASK_ARG)
+    if present is not None:
+      present = base.check_present("geometric_median", present, n)
     leaves, treedef = jax.tree.flatten(stacked_updates)
     xs = [leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32))
           for leaf in leaves]
+    if present is not None:
+      xs = [jnp.where(base.present_rows(present, x), x, 0.0) for x in xs]
     # max |x| per row: NaN or inf iff the row has a non-finite entry.
     row_max = jnp.zeros((n,), jnp.float32)
     for x in xs:
       row_max = jnp.maximum(row_max, _row_reduce(jnp.max, jnp.abs(x)))
     ok = jnp.isfinite(row_max)
+    if present is not None:
+      ok = ok & present
     row_max = jnp.where(ok, row_max, 0.0)
     nu = jnp.asarray(smoothing, jnp.float32)
 
     if init == "coordinate_median":
-      z0 = [order_stats.median_over_workers(x) for x in xs]
+      if present is None:
+        z0 = [order_stats.median_over_workers(x) for x in xs]
+      else:
+        z0 = [order_stats.masked_median_over_workers(x, present) for x in xs]
       z0 = [jnp.where(jnp.isfinite(c), c, 0.0) for c in z0]
     elif init == "mean":
       z0 = _weighted_mean(xs, ok.astype(jnp.float32), ok)
@@ -295,4 +307,4 @@ def geometric_median(
     return (jax.tree.unflatten(treedef, out),
             GeometricMedianState(weights, iterations))
 
-  return base.AggregationRule(init_fn, update_fn)
+  return base.AggregationRule(init_fn, update_fn, supports_mask=True)

@@ -10,6 +10,7 @@ norms, Flower clamps the neighbour count silently; see
 from typing import Any, NamedTuple
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import optax
 
@@ -41,7 +42,8 @@ def check_krum_workers(name: str, n: int, f: int) -> None:
 
 
 def krum_scores(squared_distances: jax.Array, num_byzantine: int,
-                nonfinite: jax.Array | None = None) -> jax.Array:
+                nonfinite: jax.Array | None = None,
+                present: jax.Array | None = None) -> jax.Array:
   r"""Krum's score of every worker.
 
   .. math::
@@ -58,23 +60,55 @@ def krum_scores(squared_distances: jax.Array, num_byzantine: int,
       negative count sums nothing).
     nonfinite: optional ``[n]`` bool; those rows score ``+inf`` even when
       no neighbour is summed.
+    present: optional ``[n]`` bool participation mask: only the ``m`` rows
+      present are neighbours, ``m - f - 2`` of them are summed (``m``
+      traced), and absent rows score ``+inf``.
 
   Returns:
     ``[n]`` scores.
   """
   n = squared_distances.shape[0]
-  k = max(n - num_byzantine - 2, 0)
   off = jnp.where(jnp.eye(n, dtype=bool), jnp.inf, squared_distances)
-  nearest = jnp.sort(off, axis=1)[:, :k]
-  scores = jnp.sum(nearest, axis=1)
+  if present is None:
+    k = max(n - num_byzantine - 2, 0)
+    scores = jnp.sum(jnp.sort(off, axis=1)[:, :k], axis=1)
+  else:
+    off = jnp.where(present[None, :], off, jnp.inf)
+    k = jnp.sum(present, dtype=jnp.int32) - num_byzantine - 2
+    column = lax.broadcasted_iota(jnp.int32, off.shape, 1)
+    scores = jnp.sum(jnp.where(column < k, jnp.sort(off, axis=1), 0), axis=1)
+    scores = jnp.where(present, scores, jnp.inf)
   if nonfinite is not None:
     scores = jnp.where(nonfinite, jnp.inf, scores)
   return scores
 
 
-def _lowest(scores: jax.Array, m: int) -> jax.Array:
-  """Indices of the ``m`` lowest scores, ties to the lowest index."""
-  return jnp.argsort(scores, stable=True)[:m]
+def _masked_inputs(name: str, stacked_updates: optax.Updates,
+                   extra_args: dict[str, Any], n: int):
+  """``(stack, present)``: absent rows replaced by the first present row.
+
+  Without a mask ``present`` is ``None`` and the stack is unchanged. The
+  replaced rows keep the distances between present rows exact (the Gram
+  matrix is centred on a row) and are never selected.
+  """
+  present = extra_args.get(base.MASK_ARG)
+  if present is None:
+    return stacked_updates, None
+  present = base.check_present(name, present, n)
+  first = jnp.argmax(present)
+  clean = jax.tree.map(
+      lambda x: jnp.where(base.present_rows(present, x), x, x[first]),
+      stacked_updates)
+  return clean, present
+
+
+def _ranking(scores: jax.Array, present: jax.Array | None) -> jax.Array:
+  """Rows by increasing score, present rows first, ties to the lowest index."""
+  if present is None:
+    return jnp.argsort(scores, stable=True)
+  iota = jnp.arange(scores.shape[0], dtype=jnp.int32)
+  return lax.sort(((~present).astype(jnp.int32), scores, iota), num_keys=2,
+                  is_stable=True)[2]
 
 
 def krum(num_byzantine: int) -> base.AggregationRule:
@@ -89,6 +123,11 @@ def krum(num_byzantine: int) -> base.AggregationRule:
   the lowest worker index. The output is one of the inputs, bit for bit
   (gathered, not computed). The whole pytree is one vector per worker.
   In the example, workers 2 and 3 tie with score 10 and worker 2 wins.
+
+  Under a participation mask (``present=``) the same over the ``m`` rows
+  present (``m - f - 2`` neighbours; ``m > 2f + 2`` is the caller's to
+  guarantee, see ``AggregationRule.supports_mask``); absent rows are never
+  selected.
 
   Args:
     num_byzantine: ``f``, the number of Byzantine workers tolerated.
@@ -138,17 +177,19 @@ def krum(num_byzantine: int) -> base.AggregationRule:
       params: optax.Params | None = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, KrumState]:
-    del params, extra_args
+    del params
     n = base.stack_size(stacked_updates)
     check_krum_workers("krum", n, f)
     base.check_state("krum", state, KrumState, n)
+    stacked_updates, present = _masked_inputs("krum", stacked_updates,
+                                              extra_args, n)
     info = distances.distance_info(stacked_updates)
-    scores = krum_scores(info.squared_distances, f, info.nonfinite)
-    best = jnp.argmin(scores)  # First occurrence: lowest index on ties.
+    scores = krum_scores(info.squared_distances, f, info.nonfinite, present)
+    best = _ranking(scores, present)[0]  # Ties: the lowest index.
     selected = jax.nn.one_hot(best, n, dtype=jnp.float32)
     return distances.take_row(stacked_updates, best), KrumState(selected)
 
-  return base.AggregationRule(init_fn, update_fn)
+  return base.AggregationRule(init_fn, update_fn, supports_mask=True)
 
 
 def multi_krum(num_byzantine: int,
@@ -162,6 +203,9 @@ def multi_krum(num_byzantine: int,
   :math:`\sum_{j \in N_i} \lVert x_i - x_j \rVert^2` (:math:`N_i`: the
   :math:`n - f - 2` nearest other workers), ties to the lowest index.
   ``m = 1`` is Krum; ``m = n`` is the mean.
+
+  Under a participation mask (``present=``) the same over the rows present,
+  ``n`` being their (traced) count.
 
   Args:
     num_byzantine: ``f``.
@@ -223,15 +267,21 @@ def multi_krum(num_byzantine: int,
       params: optax.Params | None = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, KrumState]:
-    del params, extra_args
+    del params
     n = base.stack_size(stacked_updates)
     m = resolve(n)
     base.check_state("multi_krum", state, KrumState, n)
+    stacked_updates, present = _masked_inputs("multi_krum", stacked_updates,
+                                              extra_args, n)
     info = distances.distance_info(stacked_updates)
-    scores = krum_scores(info.squared_distances, f, info.nonfinite)
-    chosen = _lowest(scores, m)
-    selected = jnp.zeros((n,), jnp.float32).at[chosen].set(1.0)
+    scores = krum_scores(info.squared_distances, f, info.nonfinite, present)
+    order = _ranking(scores, present)
+    if present is not None and num_selected is None:
+      m = jnp.sum(present, dtype=jnp.int32) - f
+    keep = jnp.arange(n) < m
+    selected = jnp.zeros((n,), jnp.float32).at[order].set(
+        keep.astype(jnp.float32))
     out = distances.combine_rows(selected / m, stacked_updates, info.nonfinite)
     return out, KrumState(selected)
 
-  return base.AggregationRule(init_fn, update_fn)
+  return base.AggregationRule(init_fn, update_fn, supports_mask=True)

@@ -3,6 +3,7 @@
 import jax
 
 from distoptax.algorithms.aggregators import base
+from distoptax.algorithms.aggregators import order_stats
 
 
 def mean() -> base.AggregationRule:
@@ -10,6 +11,8 @@ def mean() -> base.AggregationRule:
 
   .. math::
     \bar g = \frac{1}{n} \sum_{i=1}^{n} g_i
+
+  Under a participation mask (``present=``) the mean of the rows present.
 
   Returns:
     An :class:`AggregationRule` with ``is_mean=True``, so
@@ -32,4 +35,7 @@ def mean() -> base.AggregationRule:
 
   return base.stateless_rule(
       lambda stacked: jax.tree.map(base.mean_over_workers, stacked),
-      is_mean=True, name="mean")
+      is_mean=True, name="mean",
+      masked_fn=lambda stacked, present: jax.tree.map(
+          lambda x: order_stats.masked_mean_over_workers(x, present),
+          stacked))

@@ -639,3 +639,83 @@ def phocas_over_workers(x: jax.Array, trim: int) -> jax.Array:
   n = _check_stack(x, "phocas_over_workers")
   _check_trim(n, trim, "phocas_over_workers")
   return _mean_around(x, n - trim, "trimmed_mean")
+
+
+def sort_present(x: jax.Array, present: jax.Array) -> tuple[jax.Array,
+                                                             jax.Array]:
+  """Sorts each coordinate over the rows present, absent rows last.
+
+  Args:
+    x: stack ``[n, ...]``.
+    present: bool ``[n]``, the rows to sort; the others may hold anything.
+
+  Returns:
+    ``(sorted, m)``: ``sorted[:m]`` holds the present values of every
+    coordinate in increasing order (NaN as ``+inf``, :func:`sanitize`), in
+    the work dtype (float32 or wider); ``m`` is the traced int32 count of
+    rows present.
+  """
+  _check_stack(x, "sort_present")
+  work = sanitize(x.astype(_work_dtype(x.dtype)))
+  absent = jnp.broadcast_to(
+      (~present).reshape((-1,) + (1,) * (x.ndim - 1)), x.shape)
+  _, ordered = lax.sort((absent.astype(jnp.int32), work), dimension=0,
+                        num_keys=2)
+  return ordered, jnp.sum(present, dtype=jnp.int32)
+
+
+def masked_median_over_workers(x: jax.Array, present: jax.Array) -> jax.Array:
+  """:func:`median_over_workers` of the rows where ``present`` is True.
+
+  For an even count ``m`` of rows present, the midpoint of the two middle
+  values. Needs ``m >= 1``; NaN counts as ``+inf``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> x = jnp.array([[1.0], [jnp.nan], [4.0], [2.0]])
+    >>> masked_median_over_workers(x, jnp.array([True, False, True, True]))
+    Array([2.], dtype=float32)
+  """
+  ordered, m = sort_present(x, present)
+  lo = lax.dynamic_index_in_dim(ordered, (m - 1) // 2, keepdims=False)
+  hi = lax.dynamic_index_in_dim(ordered, m // 2, keepdims=False)
+  return jnp.where(m % 2 == 1, lo, lo * 0.5 + hi * 0.5).astype(x.dtype)
+
+
+def masked_trimmed_mean_over_workers(x: jax.Array, present: jax.Array,
+                                     trim: int) -> jax.Array:
+  r""":func:`trimmed_mean_over_workers` of the rows present.
+
+  .. math::
+    \frac{1}{m - 2f} \sum_{j=f+1}^{m-f} x_{(j),k}
+
+  over the ``m`` rows present (``m > 2f`` needed; NaN as ``+inf``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> x = jnp.array([[1.0], [50.0], [2.0], [3.0], [-9.0]])
+    >>> masked_trimmed_mean_over_workers(
+    ...     x, jnp.array([True, False, True, True, True]), 1)
+    Array([1.5], dtype=float32)
+  """
+  ordered, m = sort_present(x, present)
+  rank = lax.broadcasted_iota(jnp.int32, ordered.shape, 0)
+  keep = (rank >= trim) & (rank < m - trim)
+  total = jnp.sum(jnp.where(keep, ordered, 0), axis=0)
+  return (total / (m - 2 * trim).astype(total.dtype)).astype(x.dtype)
+
+
+def masked_mean_over_workers(x: jax.Array, present: jax.Array) -> jax.Array:
+  """Mean of the rows present (absent rows never touch it, even NaN ones).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> masked_mean_over_workers(jnp.array([[1.0], [jnp.nan], [3.0]]),
+    ...                          jnp.array([True, False, True]))
+    Array([2.], dtype=float32)
+  """
+  work = x.astype(_work_dtype(x.dtype))
+  rows = present.reshape((-1,) + (1,) * (x.ndim - 1))
+  total = jnp.sum(jnp.where(rows, work, 0), axis=0)
+  m = jnp.sum(present, dtype=jnp.int32)
+  return (total / m.astype(total.dtype)).astype(x.dtype)
