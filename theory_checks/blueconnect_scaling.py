@@ -372,18 +372,19 @@ def figure(result: harness.CheckResult):
   fig = harness.new_figure(10, 4)
   left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
   n = np.asarray(fig_data["n"])
+  colors = {"ring": "C3", "bc": "C0", "outer": "C1", "slow": "C2"}
   for key, label in (("ring", "flat ring"), ("bc", "BlueConnect"),
                      ("outer", "outer_first (control)"),
                      ("slow", "inter-host speed everywhere (control)")):
-    left.plot(n, fig_data[key], "o-", label=label)
+    left.plot(n, fig_data[key], "o-", color=colors[key], label=label)
   left.set_xlabel(result.x_label)
   left.set_ylabel("simulated all-reduce seconds")
   left.set_yscale("log")
   left.legend(fontsize=7)
-  for key, label in (("reduction_bc", "BlueConnect"),
-                     ("reduction_outer", "outer_first"),
-                     ("reduction_slow", "inter-host everywhere")):
-    right.plot(n, fig_data[key], "o-", label=label)
+  for key, label in (("bc", "BlueConnect"), ("outer", "outer_first"),
+                     ("slow", "inter-host everywhere")):
+    right.plot(n, fig_data[f"reduction_{key}"], "o-", color=colors[key],
+               label=label)
   right.plot(n, fig_data["predicted_bc"], "k:", label="model prediction")
   right.plot(n, fig_data["limit"], "--", color="grey", lw=0.8,
              label="limit 1 - (h-1)/(n-1)")
