@@ -381,7 +381,6 @@ def run(*, quick: bool = False, seeds: int | None = None,
   extras = {
       "num_params": num_params,
       "ef_block_ratio": ef_ratio(config),
-      "nominal_ratio": ef_ratio(config),
       "ratios": {m: figures[f"ratio_{m}"]
                  for m in ("cser", "ef_sgd", "no_reset")},
       "final_accuracy": final,
