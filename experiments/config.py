@@ -24,6 +24,43 @@ ParamValue = int | float | str | bool
 Params = tuple[tuple[str, ParamValue], ...]
 
 
+_ALGORITHM_NAMES = ("sync", "local_sgd", "adacomm", "local_adaalter")
+_LOCAL = ("local_sgd", "adacomm", "local_adaalter")
+_PERIODIC = ("local_sgd", "adacomm")
+
+_CHOICES = {
+    "algorithm": _ALGORITHM_NAMES,
+    "optimizer": ("sgd", "adam", "adamw"),
+    "state_policy": ("keep", "average", "reset"),
+    "outer_optimizer": ("sgd", "adam", "yogi", "adagrad"),
+    "adacomm_form": ("paper", "paddle"),
+    "adaalter_denominator": ("constant", "paper"),
+}
+"""Options with a fixed set of values (the registries they name are
+``experiments.algorithms`` and ``distributed``; a test keeps them equal)."""
+
+_USED_BY = {
+    "period": _LOCAL,
+    "state_policy": _PERIODIC,
+    "warmup_steps": ("local_sgd",),
+    "proximal_mu": ("local_sgd",),
+    "outer_optimizer": _PERIODIC,
+    "outer_learning_rate": _PERIODIC,
+    "outer_momentum": _PERIODIC,
+    "outer_nesterov": _PERIODIC,
+    "outer_b2": _PERIODIC,
+    "outer_eps": _PERIODIC,
+    "adacomm_tau_max": ("adacomm",),
+    "adacomm_interval": ("adacomm",),
+    "adacomm_interval_seconds": ("adacomm",),
+    "adacomm_form": ("adacomm",),
+    "adaalter_eps": ("local_adaalter",),
+    "adaalter_denominator": ("local_adaalter",),
+}
+"""The algorithms that use each schedule option; setting one away from its
+default under another algorithm is a ConfigError, never ignored."""
+
+
 class ConfigError(ValueError):
   """An invalid configuration value; ``field`` names the option."""
 
@@ -89,10 +126,48 @@ class TrainConfig:
   compressor_params: Params = _option((), "Compressor parameters, by name.")
   error_feedback: bool = _option(
       False, "Keep a per-worker error memory (for biased compressors).")
-  # Server-side optimizer.
-  optimizer: str = _option("sgd", "Server-side optimizer: sgd | adam.")
+  # The optimizer (server-side when synchronous, each worker's when local).
+  optimizer: str = _option("sgd", "Optimizer: sgd | adam | adamw.")
   learning_rate: float = _option(0.1, "Learning rate.")
   momentum: float = _option(0.9, "SGD heavy-ball momentum / Adam b1.")
+  b2: float = _option(0.999, "Adam / AdamW b2.")
+  weight_decay: float = _option(
+      0.0, "Decoupled weight decay of adamw; Local AdaAlter's weight decay.")
+  # Communication schedule: synchronous or local updates with syncs.
+  algorithm: str = _option(
+      "sync", "sync (one aggregate per step) | local_sgd | adacomm | "
+      "local_adaalter (experiments.algorithms.ALGORITHMS).")
+  period: int = _option(
+      1, "Local steps per sync (AdaComm: tau_0); 1 for algorithm='sync'.")
+  state_policy: str = _option(
+      "keep", "The workers' optimizer state at a sync: keep | average | "
+      "reset.")
+  warmup_steps: int = _option(
+      0, "Synchronous steps before local SGD starts (post-local SGD).")
+  proximal_mu: float = _option(0.0, "FedProx's mu (0: no proximal term).")
+  outer_optimizer: str = _option(
+      "sgd", "Server optimizer on the synced pseudo-gradient: sgd | adam | "
+      "yogi | adagrad (FedOpt).")
+  outer_learning_rate: float = _option(
+      1.0, "Outer learning rate (sgd at 1.0: the average model, FedAvg; "
+      "SLSGD's alpha).")
+  outer_momentum: float = _option(
+      0.0, "Outer sgd momentum (DiLoCo: 0.9 with outer_nesterov) / FedOpt "
+      "b1.")
+  outer_nesterov: bool = _option(False, "Nesterov outer momentum (DiLoCo).")
+  outer_b2: float = _option(0.99, "FedOpt b2.")
+  outer_eps: float = _option(1e-3, "FedOpt tau (adaptivity).")
+  adacomm_tau_max: int = _option(16, "AdaComm's largest period.")
+  adacomm_interval: int = _option(
+      1, "AdaComm: steps between period updates.")
+  adacomm_interval_seconds: float = _option(
+      0.0, "AdaComm: simulated seconds between period updates (0: count "
+      "steps with adacomm_interval).")
+  adacomm_form: str = _option("paper", "AdaComm's rule: paper | paddle.")
+  adaalter_eps: float = _option(1e-7, "Local AdaAlter's epsilon.")
+  adaalter_denominator: str = _option(
+      "constant", "Local AdaAlter's denominator: constant (eps, the "
+      "authors' code) | paper (t' eps^2).")
   seed: int = _option(
       0, "Seed of the run; each component derives its own stream from it.")
   # Logging, evaluation, checkpoints.
@@ -182,6 +257,67 @@ class TrainConfig:
       raise ConfigError(
           "imbalance",
           f"imbalance factors must be finite and > 0; got {self.imbalance}")
+
+    self._check_schedule()
+
+  def _check_schedule(self) -> None:
+    """Checks the communication schedule's options and that each option
+    set away from its default is one the algorithm uses."""
+    for name, minimum in (("period", 1), ("warmup_steps", 0),
+                          ("adacomm_tau_max", 1), ("adacomm_interval", 1)):
+      if getattr(self, name) < minimum:
+        raise ConfigError(name, f"{name} must be an int >= {minimum}; got "
+                          f"{getattr(self, name)}")
+    for name, allowed in _CHOICES.items():
+      if getattr(self, name) not in allowed:
+        raise ConfigError(name, f"{name} must be one of {allowed}; got "
+                          f"{getattr(self, name)!r}")
+    for name in ("proximal_mu", "weight_decay", "adacomm_interval_seconds",
+                 "outer_momentum"):
+      value = getattr(self, name)
+      if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(name, f"{name} must be a finite number >= 0; got "
+                          f"{value!r}")
+    for name in ("outer_learning_rate", "outer_eps", "adaalter_eps"):
+      value = getattr(self, name)
+      if not (math.isfinite(value) and value > 0):
+        raise ConfigError(name, f"{name} must be a finite number > 0; got "
+                          f"{value!r}")
+    for name in ("outer_b2", "b2"):
+      if not 0 <= getattr(self, name) < 1:
+        raise ConfigError(name, f"{name} must lie in [0, 1); got "
+                          f"{getattr(self, name)!r}")
+    if self.algorithm == "adacomm" and self.adacomm_tau_max < self.period:
+      raise ConfigError(
+          "adacomm_tau_max", f"adacomm_tau_max={self.adacomm_tau_max} is "
+          f"below AdaComm's tau_0 (period={self.period})")
+    if (self.adacomm_interval_seconds and self.adacomm_interval != 1):
+      raise ConfigError(
+          "adacomm_interval_seconds",
+          f"give AdaComm's interval in steps (adacomm_interval="
+          f"{self.adacomm_interval}) or in simulated seconds "
+          f"(adacomm_interval_seconds={self.adacomm_interval_seconds}), not "
+          "both")
+    if self.algorithm == "local_adaalter" and (
+        self.optimizer, self.momentum) != ("sgd", 0.0):
+      raise ConfigError(
+          "optimizer",
+          "algorithm='local_adaalter' is its own optimizer (learning_rate, "
+          "weight_decay, adaalter_eps); set optimizer='sgd' and momentum=0 "
+          f"instead of optimizer={self.optimizer!r}, momentum={self.momentum}")
+    users = dict(_USED_BY)
+    users["weight_decay"] = (tuple(_ALGORITHM_NAMES) if self.optimizer ==
+                             "adamw" else ("local_adaalter",))
+    users["b2"] = (() if self.optimizer == "sgd"
+                   or self.algorithm == "local_adaalter" else
+                   tuple(_ALGORITHM_NAMES))
+    defaults = TrainConfig.__dataclass_fields__
+    for name, algorithms in users.items():
+      if (getattr(self, name) != defaults[name].default
+          and self.algorithm not in algorithms):
+        raise ConfigError(
+            name, f"{name}={getattr(self, name)!r} is not used by algorithm="
+            f"{self.algorithm!r} with optimizer={self.optimizer!r}")
 
   def to_json(self) -> dict[str, Any]:
     """The configuration as JSON-able values (parameters as dicts)."""

@@ -19,21 +19,6 @@ def lookup(registry: Mapping[str, Any], name: str, kind: str) -> Any:
   return registry[name]
 
 
-def _sgd(learning_rate: float, momentum: float) -> optax.GradientTransformation:
-  return optax.sgd(learning_rate, momentum=momentum or None)
-
-
-def _adam(learning_rate: float, momentum: float) -> optax.GradientTransformation:
-  return optax.adam(learning_rate, b1=momentum)
-
-
-OPTIMIZERS: Mapping[str, Callable[[float, float], optax.GradientTransformation]]
-OPTIMIZERS = types.MappingProxyType({
-    "sgd": _sgd,      # momentum = heavy-ball coefficient (0: plain SGD)
-    "adam": _adam,    # momentum = b1
-})
-
-
 def _on_all_devices(step: dist.WorkerStep, num_workers: int) -> dist.Runtime:
   mesh = jax.make_mesh((jax.device_count(),), (step.axis_name,))
   return dist.on_mesh(step, mesh, num_workers)

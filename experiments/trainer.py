@@ -12,18 +12,24 @@ runs the same loop over the global mesh, every process writes its shards of
 each checkpoint, and process 0 alone writes ``config.json`` and
 ``metrics.jsonl``.
 
-The step is synchronous data parallelism with the model held once
+The step is the configured algorithm (``experiments.algorithms``):
+synchronous data parallelism with the model held once
 (``data_parallel(..., replicated_params=True)``) and a server optimizer
-declared replicated; the loop reads the model through
-``dist.worker_slice`` of the whole state.
+declared replicated, or a local algorithm with one model per worker synced
+every ``period`` steps, whose global model is the one evaluated; metrics
+then add the current period and the syncs so far.
 
 Simulated time is a persistent :class:`~distoptax.distributed.Clock`
 (compute model and topology from the configuration): each step advances it
 by one local step of every participating worker and then charges the
 step's communication rounds as its transforms recorded them (kind, bytes,
-participants; ``dist.clock_rounds``). Its :class:`ClockState` is saved in
-every checkpoint and restored on resume, so a resumed run's simulated
-seconds continue exactly as an uninterrupted run's.
+participants; ``dist.clock_rounds``). A local step records no round, so
+the workers' clocks run apart between syncs and a period costs
+``max_i (sum of worker i's step times) + sync``. Its :class:`ClockState`
+is saved in every checkpoint and restored on resume, so a resumed run's
+simulated seconds continue exactly as an uninterrupted run's. AdaComm with
+an interval in simulated seconds reads the clock before every step (a host
+input of the step).
 """
 
 import os
@@ -38,6 +44,7 @@ import optax
 
 from distoptax import algorithms as alg
 from distoptax import distributed as dist
+from distoptax.experiments import algorithms
 from distoptax.experiments import checkpoint
 from distoptax.experiments import datasets
 from distoptax.experiments import label_flipping
@@ -153,8 +160,8 @@ def _with_round_records(step: dist.WorkerStep) -> dist.WorkerStep:
   with the step's other metrics (the state keeps only the last step's).
   """
 
-  def update(state, batch):
-    state, metrics = step.update(state, batch)
+  def update(state, batch, **inputs):
+    state, metrics = step.update(state, batch, **inputs)
     return state, {**metrics,
                    "comm": dist.find_comm_stats(state.opt_state)}
 
@@ -258,6 +265,18 @@ def aggregation_rule(config: TrainConfig) -> alg.aggregators.AggregationRule:
   return alg.aggregators.pre_aggregated(pre, rule)
 
 
+def _compressor(config: TrainConfig) -> alg.compressors.Compressor | None:
+  """The configured compressor; ``None`` for a transformation of its own."""
+  if config.compressor in registries.COMMUNICATORS:
+    return None
+  return registries.call_with_params(
+      registries.lookup(
+          {**alg.compressors.COMPRESSORS, **registries.COMMUNICATORS},
+          config.compressor, "compressor"),
+      dict(config.compressor_params), "compressor",
+      _run_context(config, _AGGREGATE_SALT))
+
+
 def communication(config: TrainConfig) -> optax.GradientTransformation:
   """The transform that communicates and aggregates the workers' updates.
 
@@ -265,8 +284,8 @@ def communication(config: TrainConfig) -> optax.GradientTransformation:
   compressor; the PowerSGD transformation (which has rounds of its own and
   its own error feedback) in place of the mean's all-reduce.
   """
-  params = dict(config.compressor_params)
-  if config.compressor in registries.COMMUNICATORS:
+  compressor = _compressor(config)
+  if compressor is None:
     if (config.aggregator, config.preaggregation) != ("mean", "none"):
       raise ValueError(
           f"compressor {config.compressor!r} averages by itself; it needs "
@@ -278,16 +297,46 @@ def communication(config: TrainConfig) -> optax.GradientTransformation:
           "(on by default; --compressor_params=error_feedback=0 turns it "
           "off); drop --error_feedback")
     return registries.call_with_params(
-        registries.COMMUNICATORS[config.compressor], params, "compressor",
+        registries.COMMUNICATORS[config.compressor],
+        dict(config.compressor_params), "compressor",
         _run_context(config, _AGGREGATE_SALT))
-  compressor = registries.call_with_params(
-      registries.lookup(
-          {**alg.compressors.COMPRESSORS, **registries.COMMUNICATORS},
-          config.compressor, "compressor"),
-      params, "compressor", _run_context(config, _AGGREGATE_SALT))
   return dist.aggregate(aggregation_rule(config), compressor=compressor,
                         error_feedback=config.error_feedback,
                         seed=derived_seed(config.seed, _AGGREGATE_SALT))
+
+
+def build_algorithm(config: TrainConfig) -> algorithms.Algorithm:
+  """The run's optimizer (``config.algorithm``) and how it is held."""
+  optimizer = registries.lookup(algorithms.OPTIMIZERS, config.optimizer,
+                                "optimizer")
+  compressor = _compressor(config)
+  pieces = algorithms.Pieces(
+      optimizer=optimizer(config),
+      communication=(None if compressor is None
+                     else (aggregation_rule(config), compressor)),
+      exchange=lambda: communication(config),
+      attack=update_attack(config),
+      seed=derived_seed(config.seed, _AGGREGATE_SALT))
+  return registries.lookup(algorithms.ALGORITHMS, config.algorithm,
+                           "algorithm")(config, pieces)
+
+
+def model_of(state: dist.TrainState) -> Any:
+  """The model a run evaluates: the synchronous model, or the global model
+  of the last sync of a local algorithm."""
+  local = algorithms.find_local_state(state.opt_state)
+  if local is not None:
+    return local.global_params
+  return dist.worker_slice(state).params
+
+
+def _schedule_metrics(state: dist.TrainState) -> dict[str, int]:
+  """The current period and the syncs so far, for local algorithms."""
+  local = algorithms.find_local_state(state.opt_state)
+  if local is None:
+    return {}
+  return {"period": int(_first(_to_host(local.period))),
+          "num_syncs": int(_first(_to_host(local.num_syncs)))}
 
 
 def update_attack(config: TrainConfig) -> optax.GradientTransformation | None:
@@ -483,19 +532,11 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
   model = models.make_model(config.model, num_outputs=data.num_outputs,
                             image_shape=data.image_shape, hidden=config.hidden)
   loss_fn, evaluate = _loss_and_metrics(data, model)
-  optimizer = registries.lookup(registries.OPTIMIZERS, config.optimizer,
-                                "optimizer")
-  attack = update_attack(config)
-  # Synchronous data parallelism: after the aggregation every worker holds
-  # the same update, so the server optimizer and the model are held once.
-  tx = optax.chain(
-      *(() if attack is None else (attack,)),
-      communication(config),
-      dist.replicated(optimizer(config.learning_rate, config.momentum)))
+  algorithm = build_algorithm(config)
   worker_step = _with_round_records(dist.data_parallel(
-      loss_fn, tx, extra_args=_validation_oracle(
+      loss_fn, algorithm.tx, extra_args=_validation_oracle(
           data, loss_fn, config.validation_batch_size, config.seed),
-      replicated_params=True))
+      replicated_params=algorithm.replicated_params))
   runtime = registries.lookup(registries.RUNTIMES, config.runtime, "runtime")(
       worker_step, config.num_workers)
   clock = system_model(config).clock
@@ -534,8 +575,8 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
     return f"the last checkpoint holds step {saved_step} (in {workdir})"
 
   def test_metrics(step: int) -> tuple[float, float | None]:
-    params0 = _to_host(dist.worker_slice(state).params)
-    loss, acc = map(float, evaluate(params0, x_test, y_test))
+    loss, acc = map(float, evaluate(_to_host(model_of(state)), x_test,
+                                    y_test))
     if not np.isfinite(loss):
       raise NonFiniteError(
           f"non-finite test_loss at step {step}; training stopped, "
@@ -545,8 +586,16 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
   pending = []
   t0 = t_first = time.perf_counter()
 
+  clocked = 0   # Rows of ``pending`` whose steps the clock has charged.
+
+  def advance_clock(rows: list[dict[str, Any]]) -> None:
+    nonlocal clock_state, clocked
+    for m in rows[clocked:]:
+      clock_state = clock_step(clock, clock_state, m)
+    clocked = len(rows)
+
   def flush(step: int) -> dict[str, Any]:
-    nonlocal clock_state, pending
+    nonlocal pending, clocked
     rows = _to_host(pending)
     first = step - len(rows)
     for i, m in enumerate(rows):
@@ -556,8 +605,8 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
         raise NonFiniteError(
             f"non-finite train_loss at step {first + i + 1} (workers "
             f"{bad}); training stopped, {last_checkpoint()}")
-      clock_state = clock_step(clock, clock_state, m)
-    pending = []
+    advance_clock(rows)
+    pending, clocked = [], 0
     simulated = float(clock_state.time.max())
     test_loss, test_acc = test_metrics(step)
     stats = _to_host(dist.find_comm_stats(state.opt_state))
@@ -573,6 +622,7 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
                                + _first(rows[-1]["all_gather_bytes"])),
         "simulated_seconds": simulated,
         "elapsed_seconds": elapsed_before + seconds,
+        **_schedule_metrics(state),
         **_selection_metrics(config, rows),
     }
     if primary:
@@ -583,6 +633,8 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
     selection = (f" any_byzantine_selected "
                  f"{row['any_byzantine_selected_fraction']:.2f}"
                  if "any_byzantine_selected_fraction" in row else "")
+    if "period" in row:
+      selection += f" period {row['period']} syncs {row['num_syncs']}"
     progress(f"step {step}/{config.steps} train_loss {row['train_loss']:.4f}"
              f" test_loss {test_loss:.4f}{acc_text}"
              f" wire {row['wire_bytes'] / 2**20:.1f} MiB"
@@ -620,7 +672,13 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
     batch = sample(t)
     if multiprocess:
       batch = jax.device_get(batch)
-    state, metrics = runtime.step(state, batch)
+    inputs = None
+    if algorithm.needs_time:
+      # The period rule reads the clock, so each step is charged before
+      # the next one runs (a host round trip per step).
+      advance_clock(_to_host(pending))
+      inputs = {"simulated_seconds": np.float32(clock_state.time.max())}
+    state, metrics = runtime.step(state, batch, inputs)
     pending.append(metrics)
     done = t + 1
     if t == start:
@@ -647,4 +705,4 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
   else:
     test_loss, test_acc = row["test_loss"], row["test_accuracy"]
   return TrainResult(config.steps, test_loss, test_acc,
-                     _to_host(dist.worker_slice(state).params), workdir)
+                     _to_host(model_of(state)), workdir)
