@@ -220,10 +220,10 @@ def cser(
     >>> import jax.numpy as jnp, optax
     >>> from distoptax import distributed as dist
     >>> from distoptax.algorithms.local import error_reset
-    >>> from distoptax.distributed import cser
+    >>> from distoptax.distributed.cser import cser
     >>> loss_fn = lambda w, b: jnp.mean((b[0] @ w - b[1]) ** 2)
-    >>> tx = cser.cser(optax.sgd(0.1), 2, error_reset.block_sparsifier(4),
-    ...                error_reset.block_sparsifier(1))
+    >>> tx = cser(optax.sgd(0.1), 2, error_reset.block_sparsifier(4),
+    ...           error_reset.block_sparsifier(1))
     >>> run = dist.simulate(dist.data_parallel(loss_fn, tx), num_workers=4)
     >>> state = run.init(jnp.zeros(8))
     >>> batch = (jnp.ones((4, 8, 8)), jnp.arange(32.0).reshape(4, 8))

@@ -13,7 +13,8 @@ from distoptax import algorithms as alg
 from distoptax import distributed as dist
 from distoptax.algorithms.local import error_reset
 from distoptax.distributed import comm_stats
-from distoptax.distributed import cser
+from distoptax.distributed.cser import block_cser
+from distoptax.distributed.cser import cser
 from tests import helpers
 
 NUM_WORKERS = 8
@@ -90,7 +91,7 @@ TRANSFORMS = {
 
 
 def dist_cser(c1, c2, period, variant, form="residual"):
-  return cser.cser(_nesterov(), period, c1, c2, variant=variant, form=form)
+  return cser(_nesterov(), period, c1, c2, variant=variant, form=form)
 
 
 @functools.cache
@@ -112,7 +113,7 @@ def _run(name, runtime="simulate", num_workers=NUM_WORKERS):
     ("cser", alg.compressors.identity(), alg.compressors.identity()),
 ])
 def test_period_one_with_full_blocks_is_synchronous_sgd(variant, c1, c2):
-  tx = cser.cser(_nesterov(), 1, c1, c2, variant=variant)
+  tx = cser(_nesterov(), 1, c1, c2, variant=variant)
   state = _steps(_runtime(tx))[0]
   _close(state.params, _sync_reference().params)
   _rows_close(state.params)
@@ -123,7 +124,7 @@ def test_period_one_with_full_blocks_is_synchronous_sgd(variant, c1, c2):
 
 
 def test_paper_form_with_an_identity_c1_is_synchronous_sgd_for_any_c2():
-  tx = cser.cser(_nesterov(), 3, alg.compressors.identity(), block(4))
+  tx = cser(_nesterov(), 3, alg.compressors.identity(), block(4))
   state = _steps(_runtime(tx))[0]
   _close(state.params, _sync_reference().params)
 
@@ -143,7 +144,7 @@ def test_the_forms_differ_when_the_direct_form_averages_another_block():
   """A control: the agreement above is not vacuous. Another seed draws
   other blocks, and the models then differ."""
   _, residual, _ = _run("reference")
-  tx = cser.cser(_nesterov(), 2, block(4), block(2),
+  tx = cser(_nesterov(), 2, block(4), block(2),
                  variant="cser_reference", form="direct", seed=1)
   other = _steps(_runtime(tx))[0]
   gap = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
@@ -167,7 +168,7 @@ def test_models_minus_residuals_agree_on_every_worker(name):
 
 
 def test_reset_with_block_one_empties_the_residual_every_period():
-  tx = cser.cser(_nesterov(), 2, block(8), block(1))
+  tx = cser(_nesterov(), 2, block(8), block(1))
   rt = _runtime(tx)
   state = rt.init(PARAMS)
   for t in range(4):
@@ -266,7 +267,7 @@ def test_the_paper_form_c1_round_runs_every_step():
 def test_every_registered_compressor_plugs_in_as_c1_and_c2(name):
   compressor = alg.compressors.COMPRESSORS[name](
       **helpers.COMPRESSOR_EXAMPLES[name])
-  tx = cser.cser(_nesterov(), 2, compressor, compressor)
+  tx = cser(_nesterov(), 2, compressor, compressor)
   rt = _runtime(tx, num_workers=4)
   state, metrics = _steps(rt, 2)
   assert all(np.all(np.isfinite(m["loss"])) for m in metrics)
@@ -322,7 +323,7 @@ def test_summed_block_messages_decode_to_the_summed_blocks():
 def test_overall_ratio_matches_the_recorded_bytes():
   """The reference schedule at R1 = 8, R2 = 2, H = 4 on a (64, 4) tensor."""
   params = {"w": jnp.zeros((64, 4))}
-  tx = cser.block_cser(LR, 8, 2)
+  tx = block_cser(LR, 8, 2)
   rt = dist.simulate(dist.data_parallel(
       lambda w, b: jnp.mean((b @ w["w"]) ** 2), tx), 2)
   state = rt.init(params)
@@ -339,31 +340,31 @@ def test_overall_ratio_matches_the_recorded_bytes():
 
 
 @pytest.mark.parametrize("make,error,match", [
-    (lambda: cser.block_cser(LR, 2, 8), ValueError, "ratio2=8 exceeds"),
-    (lambda: cser.block_cser(LR, 8, 0.5), ValueError, "ratio2 must be"),
-    (lambda: cser.block_cser(LR, 8, 3), ValueError, "not an int"),
-    (lambda: cser.block_cser(LR, "8", 2), TypeError, "ratio1 must be"),
-    (lambda: cser.cser(_nesterov(), 0, block(4), block(2)), ValueError,
+    (lambda: block_cser(LR, 2, 8), ValueError, "ratio2=8 exceeds"),
+    (lambda: block_cser(LR, 8, 0.5), ValueError, "ratio2 must be"),
+    (lambda: block_cser(LR, 8, 3), ValueError, "not an int"),
+    (lambda: block_cser(LR, "8", 2), TypeError, "ratio1 must be"),
+    (lambda: cser(_nesterov(), 0, block(4), block(2)), ValueError,
      "period must be an int >= 1; got 0"),
-    (lambda: cser.cser(_nesterov(), 2.0, block(4), block(2)), TypeError,
+    (lambda: cser(_nesterov(), 2.0, block(4), block(2)), TypeError,
      "period must be a Python int"),
-    (lambda: cser.cser(_nesterov(), 2, "top_k", block(2)), TypeError,
+    (lambda: cser(_nesterov(), 2, "top_k", block(2)), TypeError,
      "c1 must be a Compressor.*'top_k'"),
-    (lambda: cser.cser(_nesterov(), 2, block(4), alg.aggregators.mean()),
+    (lambda: cser(_nesterov(), 2, block(4), alg.aggregators.mean()),
      TypeError, "c2 must be a Compressor"),
-    (lambda: cser.cser("sgd", 2, block(4), block(2)), TypeError,
+    (lambda: cser("sgd", 2, block(4), block(2)), TypeError,
      "inner must be an optax"),
-    (lambda: cser.cser(_nesterov(), 2, block(4), block(2), variant="cesr"),
+    (lambda: cser(_nesterov(), 2, block(4), block(2), variant="cesr"),
      ValueError, "variant must be one of.*'cesr'"),
-    (lambda: cser.cser(_nesterov(), 2, block(4), block(2), form="both"),
+    (lambda: cser(_nesterov(), 2, block(4), block(2), form="both"),
      ValueError, "form must be one of.*'both'"),
-    (lambda: cser.cser(_nesterov(), 2, None, block(2)), ValueError,
+    (lambda: cser(_nesterov(), 2, None, block(2)), ValueError,
      "uses c1; got c1=None"),
-    (lambda: cser.cser(_nesterov(), 2, block(4), block(2),
+    (lambda: cser(_nesterov(), 2, block(4), block(2),
                        variant="cser_pl"), ValueError, "does not use c1"),
-    (lambda: cser.cser(_nesterov(), 2, block(4), None, variant="csea"),
+    (lambda: cser(_nesterov(), 2, block(4), None, variant="csea"),
      ValueError, "period must be 1, got 2"),
-    (lambda: cser.cser(_nesterov(), 2, block(4), alg.compressors.top_k(k=3),
+    (lambda: cser(_nesterov(), 2, block(4), alg.compressors.top_k(k=3),
                        form="direct"), ValueError, "summable c2"),
     (lambda: block(0.5), ValueError, "ratio must be a finite"),
 ])
@@ -373,7 +374,7 @@ def test_bad_input_is_refused_naming_the_value(make, error, match):
 
 
 def test_update_without_params_says_what_it_needs():
-  tx = cser.cser(_nesterov(), 2, block(4), block(2))
+  tx = cser(_nesterov(), 2, block(4), block(2))
   state = tx.init(PARAMS)
   with pytest.raises(ValueError, match="needs params"):
     tx.update(PARAMS, state)

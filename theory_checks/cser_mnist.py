@@ -22,7 +22,7 @@ library under ``dist.simulate(dist.data_parallel(...), m)``:
 
 * ``sgd``: ``optax.chain(dist.aggregate(mean), optax.sgd(lr, 0.9,
   nesterov=True))``, 4 d bytes a step;
-* ``cser``: ``dist.cser.block_cser(lr, R1, R2, H)``, the authors'
+* ``cser``: ``dist.block_cser(lr, R1, R2, H)``, the authors'
   ``ERSGD2`` schedule (block of ratio R1 = 64 averaged every step, R2 = 16
   every H = 4 steps instead; the residual form): overall ratio
   ``4 / (3/64 + 1/16) = 36.6x`` (``error_reset.overall_ratio``);
@@ -70,7 +70,7 @@ import optax
 from distoptax import distributed as dist
 from distoptax.algorithms import aggregators
 from distoptax.algorithms.local import error_reset
-from distoptax.distributed import cser
+from distoptax.distributed.cser import block_cser
 from distoptax.experiments import datasets
 from distoptax.experiments import models
 from distoptax.theory_checks import harness
@@ -176,7 +176,7 @@ def transform(config: Config, method: str
   builders = {
       "sgd": lambda: optax.chain(dist.aggregate(aggregators.mean()),
                                  nesterov()),
-      "cser": lambda: cser.block_cser(
+      "cser": lambda: block_cser(
           config.learning_rate, config.ratio1, config.ratio2, config.period,
           momentum=config.momentum),
       "ef_sgd": lambda: optax.chain(nesterov(), dist.aggregate(
