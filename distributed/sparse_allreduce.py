@@ -81,6 +81,7 @@ References:
   Collective Communication Operations in MPICH", IJHPCA 2005.
 """
 
+import functools
 import math
 import types
 from typing import Any, Callable, NamedTuple
@@ -97,12 +98,28 @@ from distoptax.worker_axis import collectives
 INDEX_BYTES = 4
 """Bytes of one index on the wire (``int32``)."""
 
-BUCKET_SLACK = 2.0
-"""Default bucket capacity: ``ceil(BUCKET_SLACK * c / n)`` pairs per range
-(``c`` the message's slots), twice the share of uniformly spread pairs."""
+MARGIN = 6.0
+"""Default capacities are ``ceil(m + MARGIN * sqrt(m) + 4)`` for a mean load
+``m``: ``m = c / n`` pairs per range in a bucket (``c`` the message's slots),
+``m = c`` in a reduced block (``n`` workers with ``c / n`` pairs each)."""
 
-BLOCK_SLACK = 1.25
-"""Default block capacity: ``ceil(BLOCK_SLACK * c)`` pairs, at most ``r``."""
+
+LADDER_RATIO = 0.8
+"""Stage 3 runs the smallest of ``LADDER_STEPS`` static block sizes
+``block_capacity * LADDER_RATIO^j`` that holds the fullest reduced block, so
+its bytes follow the measured fill (at most 1.25x the fullest block)."""
+
+LADDER_STEPS = 8
+
+
+def default_capacity(mean: float) -> int:
+  """``ceil(mean + MARGIN * sqrt(mean) + 4)``: a Poisson load's six sigmas.
+
+  Example:
+    >>> default_capacity(5.0), default_capacity(312.5)
+    (23, 423)
+  """
+  return math.ceil(mean + MARGIN * math.sqrt(mean) + 4)
 
 
 class SparseVector(NamedTuple):
@@ -324,8 +341,8 @@ def _split_allgather(rounds, message, d, delta, bucket_capacity,
   idx, val = _clean(message, d)
   c = idx.shape[0]
   r = -(-d // n)
-  c1 = min(c, bucket_capacity or math.ceil(BUCKET_SLACK * c / n))
-  c2 = min(r, block_capacity or math.ceil(BLOCK_SLACK * c))
+  c1 = min(c, bucket_capacity or default_capacity(c / n))
+  c2 = min(r, block_capacity or default_capacity(c))
   starts = jnp.searchsorted(idx, jnp.arange(n + 1, dtype=jnp.int32) * r,
                             side="left").astype(jnp.int32)
   counts = starts[1:] - starts[:-1]
@@ -334,7 +351,7 @@ def _split_allgather(rounds, message, d, delta, bucket_capacity,
 
   def fallback(idx, val):
     total = rounds.all_reduce(_decode(idx, val, d))
-    return total, jnp.asarray(True)
+    return total, jnp.sum(total != 0, dtype=jnp.int32), jnp.asarray(True)
 
   def sparse(idx, val):
     owner = jnp.minimum(idx // r, n)           # n: unused slot, dropped.
@@ -351,28 +368,46 @@ def _split_allgather(rounds, message, d, delta, bucket_capacity,
         got_val.ravel(), mode="drop")
     nonzero = block != 0
     fills = rounds.all_gather(jnp.sum(nonzero, dtype=jnp.int32))
-    go_sparse = (jnp.sum(fills) <= delta * d) & (jnp.max(fills) <= c2)
+    fill, most = jnp.sum(fills), jnp.max(fills)
     me = collectives.worker_index(axis_name)
 
-    def sparse_blocks(block, nonzero):
-      pos = selection.compact(selection.pack_bits(nonzero), c2, fill=r)
-      used = pos < r
-      vals = jnp.where(used, block[jnp.minimum(pos, r - 1)], 0)
-      gidx = jnp.where(used, pos + me * r, d)
-      rows_idx, rows_val = rounds.all_gather((gidx, vals))
-      return jnp.zeros((d,), val.dtype).at[rows_idx.ravel()].set(
-          rows_val.ravel(), mode="drop", unique_indices=True)
+    def sparse_blocks(size):
+      def gather(block, nonzero):
+        pos = selection.compact(selection.pack_bits(nonzero), size, fill=r)
+        used = pos < r
+        vals = jnp.where(used, block[jnp.minimum(pos, r - 1)], 0)
+        gidx = jnp.where(used, pos + me * r, d)
+        rows_idx, rows_val = rounds.all_gather((gidx, vals))
+        return jnp.zeros((d,), val.dtype).at[rows_idx.ravel()].set(
+            rows_val.ravel(), mode="drop", unique_indices=True)
+      return gather
 
     def dense_blocks(block, nonzero):
       del nonzero
       return rounds.all_gather(block).reshape(-1)[:d]
 
-    total = rounds.cond(go_sparse, sparse_blocks, dense_blocks, block,
-                        nonzero)
-    return total, ~go_sparse
+    # The smallest rung of the ladder that holds the fullest block runs.
+    ladder = _ladder(c2)
+    total = dense_blocks
+    for size in reversed(ladder):
+      total = functools.partial(
+          rounds.cond, most <= size, sparse_blocks(size), total)
+    go_sparse = (fill <= delta * d) & (most <= ladder[-1])
+    total = rounds.cond(go_sparse, total, dense_blocks, block, nonzero)
+    return total, fill, ~go_sparse
 
-  total, dense = rounds.cond(overflowed, fallback, sparse, idx, val)
-  return total, dense, overflowed
+  total, fill, dense = rounds.cond(overflowed, fallback, sparse, idx, val)
+  return total, fill, dense, overflowed
+
+
+def _ladder(capacity: int) -> list[int]:
+  """Block sizes tried in stage 3, ascending: ``capacity * 0.8^j``."""
+  sizes = []
+  size = float(capacity)
+  while len(sizes) < LADDER_STEPS and size >= 1:
+    sizes.append(math.ceil(size))
+    size *= LADDER_RATIO
+  return sorted(set(sizes))
 
 
 # --------------------------------------------------------------------------
@@ -425,7 +460,8 @@ def _recursive_double(rounds, message, d, delta):
     distance *= 2
   switched = dense is not None
   total = dense if switched else _decode(idx, val, d)
-  return total, jnp.asarray(switched), jnp.asarray(False)
+  return (total, jnp.sum(total != 0, dtype=jnp.int32), jnp.asarray(switched),
+          jnp.asarray(False))
 
 
 ALGORITHMS = types.MappingProxyType({
@@ -472,9 +508,9 @@ def sparse_all_reduce(
     delta: the switch fill in ``(0, 1]``; ``None``: :func:`paper_delta` of
       the values' dtype.
     bucket_capacity: split all-gather: pairs per range in stage 1;
-      default ``ceil(2 c / n)`` (:data:`BUCKET_SLACK`), at most ``c``.
+      default :func:`default_capacity` of ``c / n``, at most ``c``.
     block_capacity: split all-gather: pairs per reduced block in stage 3;
-      default ``ceil(1.25 c)`` (:data:`BLOCK_SLACK`), at most ``r``.
+      default :func:`default_capacity` of ``c``, at most ``r``.
 
   Returns:
     A :class:`SparseSum`.
@@ -512,12 +548,9 @@ def sparse_all_reduce(
   bucket_capacity = _check_capacity("bucket_capacity", bucket_capacity)
   block_capacity = _check_capacity("block_capacity", block_capacity)
   if algorithm == "split_allgather":
-    total, dense, fallback = _split_allgather(
-        rounds, message, d, delta, bucket_capacity, block_capacity)
-  else:
-    total, dense, fallback = _recursive_double(rounds, message, d, delta)
-  fill = jnp.sum(total != 0, dtype=jnp.int32)
-  return SparseSum(total, fill, dense, fallback)
+    return SparseSum(*_split_allgather(
+        rounds, message, d, delta, bucket_capacity, block_capacity))
+  return SparseSum(*_recursive_double(rounds, message, d, delta))
 
 
 # --------------------------------------------------------------------------

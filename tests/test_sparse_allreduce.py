@@ -47,6 +47,17 @@ def _integer_messages(seed, n, c, d, unused=0):
   return idx, val
 
 
+def _fullest_block(idx, val, d, n):
+  return int(np.max(np.count_nonzero(
+      _dense_sum(idx, val, d).reshape(n, -1), axis=1)))
+
+
+def _rung(capacity, fullest):
+  """The block size stage 3 sends: the smallest rung that holds the fullest
+  block."""
+  return min(s for s in sar._ladder(capacity) if s >= fullest)  # pylint: disable=protected-access
+
+
 def _kinds(stats):
   return [(r.kind, r.bytes) for r in comm_stats.clock_rounds(stats)]
 
@@ -102,9 +113,8 @@ def test_split_switches_to_dense_just_past_delta(delta):
     assert not bool(out.fallback[0])
     np.testing.assert_array_equal(out.total[0], _dense_sum(idx, val, d))
     last = _kinds(stats)[-1]
-    sparse_bytes = (d // n) * 8                  # block_capacity pairs.
-    assert last == ("all_gather",
-                    (d // n) * 4 if fill > limit else sparse_bytes)
+    assert last == ("all_gather", (d // n) * 4 if fill > limit
+                    else _rung(d // n, _fullest_block(idx, val, d, n)) * 8)
 
 
 def test_split_switch_reads_the_sum_not_the_messages():
@@ -152,6 +162,18 @@ def test_block_overflow_sends_dense_blocks_without_dropping():
   assert bool(out.dense[0]) and not bool(out.fallback[0])
   np.testing.assert_array_equal(out.total[0], _dense_sum(idx, val, d))
   assert _kinds(stats)[-1] == ("all_gather", (d // n) * 4)
+
+
+def test_stage_three_bytes_follow_the_fill():
+  n, d = 4, 256
+  sent = []
+  for m in (2, 30):          # Fullest blocks of 8 and 64 entries.
+    idx, val = _disjoint(n, d, m)
+    out, stats = _reduce(idx, val, d, bucket_capacity=30, block_capacity=64)
+    assert not bool(out.dense[0])
+    np.testing.assert_array_equal(out.total[0], _dense_sum(idx, val, d))
+    sent.append(_kinds(stats)[-1][1])
+  assert sent == [_rung(64, 8) * 8, 64 * 8] and _rung(64, 8) < 64
 
 
 def test_no_overflow_at_the_exact_capacity():
@@ -234,10 +256,14 @@ def test_split_stage_bytes_match_the_lowered_program():
   a2a = helpers.collective_operand_bytes(text, "all_to_all")
   gathers = helpers.collective_operand_bytes(text, "all_gather")
   reduces = helpers.collective_operand_bytes(text, "all_reduce")
+  rung = _rung(12, _fullest_block(idx, val, d, n))
   assert rounds == [("all_reduce", 4), ("reduce_scatter", a2a),
-                    ("all_gather", 4), ("all_gather", 12 * 8)]
+                    ("all_gather", 4), ("all_gather", rung * 8)]
   assert a2a == n * c * 8
-  assert gathers == 4 + 12 * 8 + (d // n) * 4     # counts, sparse, dense.
+  ladder = sar._ladder(12)  # pylint: disable=protected-access
+  assert len(ladder) > 3
+  # Counts, every sparse rung, dense blocks.
+  assert gathers == 4 + sum(s * 8 for s in ladder) + (d // n) * 4
   assert reduces == 4 + d * 4                      # flag, fallback.
 
 
