@@ -66,8 +66,8 @@ class LocalSGDState(NamedTuple):
       optimizer's parameters, FedProx's anchor); replicated.
     outer_state: the outer optimizer's state; replicated.
     rule_state: the aggregation rule's state; replicated.
-    key: shared PRNG key data, split every step (the compressor's keys);
-      replicated. At ``init``: ``worker_axis.transform_key(seed,
+    key: shared PRNG key data, split at every step that communicates (the
+      compressor's keys; a local step leaves it); replicated. At ``init``: ``worker_axis.transform_key(seed,
       KEY_NAME)``.
     inner_state: this worker's inner optimizer state.
     worker_state: the state of ``worker_transform`` (``()`` without one).
@@ -108,6 +108,7 @@ class _Carry(NamedTuple):
   warmup_error: optax.Updates
   since_sync: jax.Array
   num_syncs: jax.Array
+  key: jax.Array
 
 
 _STATIC_HINT = ("under optax.inject_hyperparams list it in static_args "
@@ -367,7 +368,6 @@ def local_sgd(
       raise ValueError(
           "local_sgd.update needs params, the worker's local model "
           "(distributed.data_parallel passes them)")
-    key, next_key = communication.step_keys(state.key)
     rounds = communication.Rounds(state.comm, axis_name)
     x = state.global_params
 
@@ -396,6 +396,7 @@ def local_sgd(
       u = _cast_like(u, params)
 
       def synced(u, inner_state):
+        key, next_key = communication.step_keys(state.key)
         pseudo = jax.tree.map(lambda g, w, d: (g - (w + d)).astype(w.dtype),
                               x, params, u)
         worker_state = state.worker_state
@@ -417,18 +418,19 @@ def local_sgd(
                       outer_state, out.rule_state,
                       out.memory if error_feedback else (),
                       state.warmup_error, jnp.zeros((), jnp.int32),
-                      state.num_syncs + 1)
+                      state.num_syncs + 1, next_key)
 
       def stay(u, inner_state):
         return _Carry(u, inner_state, state.worker_state, x,
                       state.outer_state, state.rule_state, state.error,
                       state.warmup_error, state.since_sync + 1,
-                      state.num_syncs)
+                      state.num_syncs, state.key)
 
       return rounds.cond(state.since_sync + 1 >= state.period, synced, stay,
                          u, inner_state)
 
     def warmup_phase(grads):
+      key, next_key = communication.step_keys(state.key)
       out = communication.exchange(
           rounds, grads, compressor=compressor, rule=rule,
           rule_state=state.rule_state, key=key,
@@ -446,7 +448,7 @@ def local_sgd(
       return _Carry(u, inner_state, state.worker_state, new_global,
                     state.outer_state, out.rule_state, state.error,
                     out.memory if error_feedback else (),
-                    jnp.zeros((), jnp.int32), state.num_syncs)
+                    jnp.zeros((), jnp.int32), state.num_syncs, next_key)
 
     if warmup_steps:
       carry = rounds.cond(state.step < warmup_steps, warmup_phase,
@@ -461,7 +463,7 @@ def local_sgd(
         global_params=carry.global_params,
         outer_state=carry.outer_state,
         rule_state=carry.rule_state,
-        key=next_key,
+        key=carry.key,
         inner_state=carry.inner_state,
         worker_state=carry.worker_state,
         comm=rounds.finish(),

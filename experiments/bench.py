@@ -4,6 +4,8 @@ r"""Benchmarks that print ratios measured side by side in one run.
       [--rounds=11] [--repeats=100]
   python -m distoptax.experiments.bench step --period=4 [--fake_devices=8]
       [--num_workers=8] [--batch_size=2] [--hidden=5120] [--rounds=7]
+  python -m distoptax.experiments.bench local [--num_workers=8]
+      [--batch_size=32] [--hidden=128] [--rounds=11] [--repeats=50]
   python -m distoptax.experiments.bench aggregators [--num_workers=8,32,128]
       [--dims=10000,1000000] [--rules=median,krum,...] [--rounds=5]
       [--repeats=3] [--byzfl=auto|on|off]
@@ -19,6 +21,11 @@ guarded by ``step % P == 0`` on the replicated step counter, timed with
 ``P = 1``, ``P`` and no sync at all, under ``simulate`` and ``on_mesh`` (on
 CPU over ``--fake_devices`` host devices), with the ratio a free skip would
 give (see ``benchmarks.skipped_sync_cost``).
+
+``local``: local SGD's step that does not sync against each worker's
+plain step of the same optimizer (target: at most 1.05x), and its step
+that syncs against a synchronous ``aggregate(mean)`` step (target: at most
+1x), timed side by side (see ``benchmarks.local_step_cost``).
 
 ``aggregators``: every aggregation rule and pre-aggregation on one float32
 stack ``[n, d]`` per size, against the plain mean (coordinate-wise rules),
@@ -140,6 +147,22 @@ def _period_step(num_workers: int) -> None:
           f"{r['every_step_s'] * 1e3:.1f} ms)")
 
 
+def _local() -> None:
+  workers = _ints(NUM_WORKERS.value or ["8"], "num_workers")
+  if len(workers) != 1:
+    raise app.UsageError(f"local takes one --num_workers; got {workers}")
+  result = benchmarks.local_step_cost(
+      num_workers=workers[0], batch_size=BATCH_SIZE.value,
+      hidden=tuple(int(h) for h in HIDDEN.value),
+      repeats=50 if REPEATS.value is None else REPEATS.value,
+      rounds=11 if ROUNDS.value is None else ROUNDS.value)
+  print(json.dumps(result, indent=2))
+  for name, target in (("local_over_plain", 1.05),
+                       ("sync_over_aggregate", 1.0)):
+    verdict = "PASS" if result[name] <= target else "MISS"
+    print(f"{verdict} {name} {result[name]:.3f} (target <= {target})")
+
+
 def _aggregators() -> None:
   try:
     rows, status = aggregator_bench.run(
@@ -182,6 +205,7 @@ def _compressors() -> None:
 BENCHMARKS = types.MappingProxyType({
     "aggregators": _aggregators,
     "compressors": _compressors,
+    "local": _local,
     "step": _step,
 })
 

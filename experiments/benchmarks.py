@@ -239,3 +239,77 @@ def skipped_sync_cost(*, period: int = 4, num_workers: int = 8,
             ((period - 1) * never + every) / period / every),
     }
   return result
+
+
+def local_step_cost(*, num_workers: int = 8, batch_size: int = 32,
+                    hidden: tuple[int, ...] = (128,),
+                    learning_rate: float = 0.1, repeats: int = 50,
+                    rounds: int = 11, seed: int = 0) -> dict[str, Any]:
+  """Times local SGD's local and sync steps against their plain analogues.
+
+  Four steps of the same MLP (784 inputs, 10 classes), ``num_workers``
+  simulated workers of ``batch_size`` examples each, every worker holding
+  its own model (``data_parallel`` without ``replicated_params``), the same
+  inner optimizer (``optax.sgd(learning_rate)``):
+
+  * ``plain``: each worker's SGD step on its own model, no communication;
+  * ``local``: ``local_sgd(sgd, period=2**30)``, a step that never syncs
+    (the sync sits in the untaken branch of its ``lax.cond``);
+  * ``aggregate``: ``chain(aggregate(mean()), sgd)``, one all-reduce of
+    the gradients and the step;
+  * ``sync``: ``local_sgd(sgd, period=1)``, a step that syncs every time
+    (one all-reduce of the pseudo-gradients, the outer step, the models
+    set to the global model).
+
+  They are timed in alternating rounds (median step time of ``repeats``
+  steps per round); each ratio is the median over rounds of the ratio of
+  two timings taken back to back. Targets: ``local / plain <= 1.05`` and
+  ``sync / aggregate <= 1``.
+
+  Returns:
+    A dict with the four step times in seconds and the two ratios.
+  """
+  model = models.make_model("mlp", num_outputs=10, hidden=hidden)
+  rng = np.random.default_rng(seed)
+  x = rng.random((num_workers, batch_size, 784), dtype=np.float32)
+  y = rng.integers(0, 10, (num_workers, batch_size)).astype(np.int32)
+  params = model.init(jax.random.key(seed), x[0, :1])
+  batch = (jnp.asarray(x), jnp.asarray(y))
+
+  def loss_fn(p, b):
+    return models.softmax_cross_entropy_loss(model.apply(p, b[0]), b[1])
+
+  inner = optax.sgd(learning_rate)
+  transforms = {
+      "plain": inner,
+      "local": dist.local_sgd(inner, period=2**30),
+      "aggregate": optax.chain(dist.aggregate(alg.aggregators.mean()),
+                               inner),
+      "sync": dist.local_sgd(inner, period=1),
+  }
+  runs = {}
+  for name, tx in transforms.items():
+    runtime = dist.simulate(dist.data_parallel(loss_fn, tx), num_workers)
+    holder = {"state": runtime.init(params)}
+
+    def run(runtime=runtime, holder=holder):
+      holder["state"], metrics = runtime.step(holder["state"], batch)
+      return metrics["loss"]
+
+    runs[name] = run
+    median_seconds(run, 10)  # Compile and warm up.
+  times = {name: [] for name in runs}
+  for _ in range(rounds):
+    for name, run in runs.items():
+      times[name].append(median_seconds(run, repeats))
+  t = {name: np.array(v) for name, v in times.items()}
+  return {
+      "benchmark": "local",
+      "device": str(jax.devices()[0].device_kind),
+      "num_workers": num_workers,
+      "batch_per_worker": batch_size,
+      "hidden": list(hidden),
+      **{f"{name}_step_s": float(np.median(v)) for name, v in t.items()},
+      "local_over_plain": float(np.median(t["local"] / t["plain"])),
+      "sync_over_aggregate": float(np.median(t["sync"] / t["aggregate"])),
+  }
