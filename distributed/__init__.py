@@ -33,6 +33,11 @@ from distoptax.worker_axis.keys import transform_key
 from distoptax.distributed.comm_stats import find_comm_stats
 from distoptax.distributed.comm_stats import total_bytes
 from distoptax.distributed.comm_stats import total_coded_bytes
+from distoptax.distributed.cser import block_cser
+from distoptax.distributed.cser import cser
+from distoptax.distributed.cser import CSERState
+from distoptax.distributed.cser import FORMS as CSER_FORMS
+from distoptax.distributed.cser import VARIANTS as CSER_VARIANTS
 from distoptax.distributed.federated import diloco
 from distoptax.distributed.federated import fedadagrad
 from distoptax.distributed.federated import fedadam
@@ -41,6 +46,10 @@ from distoptax.distributed.federated import fedprox
 from distoptax.distributed.federated import fedyogi
 from distoptax.distributed.federated import post_local_sgd
 from distoptax.distributed.federated import slsgd
+from distoptax.distributed.hierarchical import hierarchical_all_reduce
+from distoptax.distributed.hierarchical import hierarchical_mean
+from distoptax.distributed.hierarchical import hierarchical_psum
+from distoptax.distributed.hierarchical import HierarchicalState
 from distoptax.distributed.local_adaalter import local_adaalter
 from distoptax.distributed.local_sgd import local_sgd
 from distoptax.distributed.local_sgd import LocalSGDState
@@ -87,6 +96,9 @@ __all__ = [
     "AdaCommState",
     "AggregateState",
     "AsyncSchedule",
+    "CSERState",
+    "CSER_FORMS",
+    "CSER_VARIANTS",
     "COLLECTIVES",
     "Clock",
     "ClockState",
@@ -95,6 +107,7 @@ __all__ = [
     "DeadlineSchedule",
     "Event",
     "ExponentialDelay",
+    "HierarchicalState",
     "HierarchicalTopology",
     "InjectedDelay",
     "KINDS",
@@ -127,7 +140,9 @@ __all__ = [
     "aggregate",
     "all_gather",
     "async_schedule",
+    "block_cser",
     "clock_rounds",
+    "cser",
     "data_parallel",
     "deadline_schedule",
     "diloco",
@@ -140,6 +155,9 @@ __all__ = [
     "fedyogi",
     "find_comm_stats",
     "find_selected",
+    "hierarchical_all_reduce",
+    "hierarchical_mean",
+    "hierarchical_psum",
     "local_axis_name",
     "local_adaalter",
     "local_sgd",

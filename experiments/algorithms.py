@@ -10,17 +10,24 @@ synchronise every ``period`` steps through ``distributed.local_sgd``:
   DiLoCo, post-local SGD and SLSGD are settings of it: see the shipped
   configs ``experiments/configs/local_*.py``);
 * ``adacomm``: the same with the period adapted from the loss (AdaComm);
-* ``local_adaalter``: Local AdaAlter (its own preconditioned optimizer).
+* ``local_adaalter``: Local AdaAlter (its own preconditioned optimizer);
+* ``cser``: CSER (error reset): every step the models move by a
+  block-sparsified average of the updates (ratio ``cser_ratio1``), every
+  ``period`` steps the residuals are reset through a larger block
+  (``cser_ratio2``), the authors' setting.
 
 The aggregation rule, compressor and attack of the configuration apply to
 the synced pseudo-gradients. The test metrics of a local algorithm are
-those of the global model of the last sync.
+those of the global model of the last sync (CSER: of the workers' mean
+model, as the authors evaluate it).
 """
 
 import dataclasses
 import types
 from typing import Any, Callable, Mapping
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from distoptax import distributed as dist
@@ -61,15 +68,20 @@ class Algorithm:
     replicated_params: whether the model is held once (synchronous).
     needs_time: whether ``tx.update`` needs the clock's simulated seconds
       (``simulated_seconds=``, a host input of every step).
+    model_of: ``model_of(state) -> params``, the model the run evaluates;
+      default: the synchronous model, or the global model of the last
+      sync of ``local_sgd``.
   """
 
   tx: optax.GradientTransformation
   replicated_params: bool
   needs_time: bool = False
+  model_of: Callable[[Any], Any] | None = None
 
 
 def _sgd(config: TrainConfig) -> optax.GradientTransformation:
-  return optax.sgd(config.learning_rate, momentum=config.momentum or None)
+  return optax.sgd(config.learning_rate, momentum=config.momentum or None,
+                   nesterov=config.nesterov)
 
 
 def _adam(config: TrainConfig) -> optax.GradientTransformation:
@@ -183,12 +195,37 @@ def _local_adaalter(config: TrainConfig, pieces: Pieces) -> Algorithm:
   return Algorithm(tx, replicated_params=False)
 
 
+def _mean_model(state: Any) -> Any:
+  """The workers' models averaged (their leading axis)."""
+  return jax.tree.map(lambda w: jnp.mean(w, axis=0), state.params)
+
+
+def _cser(config: TrainConfig, pieces: Pieces) -> Algorithm:
+  if pieces.attack is not None or (
+      config.aggregator, config.preaggregation, config.compressor) != (
+          "mean", "none", "identity"):
+    raise ConfigError(
+        "algorithm",
+        "algorithm='cser' compresses with its own block sparsifiers "
+        "(cser_ratio1, cser_ratio2) and averages: it needs aggregator="
+        "'mean', preaggregation='none', compressor='identity' and no update "
+        f"attack; got {config.aggregator!r}, {config.preaggregation!r}, "
+        f"{config.compressor!r}, attack {config.attack!r}")
+  tx = dist.cser(
+      pieces.optimizer, config.period,
+      local_math.block_sparsifier(config.cser_ratio1),
+      local_math.block_sparsifier(config.cser_ratio2),
+      variant=config.cser_variant, form=config.cser_form, seed=pieces.seed)
+  return Algorithm(tx, replicated_params=False, model_of=_mean_model)
+
+
 ALGORITHMS: Mapping[str, Callable[[TrainConfig, Pieces], Algorithm]]
 ALGORITHMS = types.MappingProxyType({
     "sync": _sync,
     "local_sgd": _local_sgd,
     "adacomm": _adacomm,
     "local_adaalter": _local_adaalter,
+    "cser": _cser,
 })
 """``TrainConfig.algorithm`` -> builder of the run's :class:`Algorithm`."""
 

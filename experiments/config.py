@@ -24,8 +24,9 @@ ParamValue = int | float | str | bool
 Params = tuple[tuple[str, ParamValue], ...]
 
 
-_ALGORITHM_NAMES = ("sync", "local_sgd", "adacomm", "local_adaalter")
-_LOCAL = ("local_sgd", "adacomm", "local_adaalter")
+_ALGORITHM_NAMES = ("sync", "local_sgd", "adacomm", "local_adaalter",
+                    "cser")
+_LOCAL = ("local_sgd", "adacomm", "local_adaalter", "cser")
 _PERIODIC = ("local_sgd", "adacomm")
 
 _CHOICES = {
@@ -35,6 +36,8 @@ _CHOICES = {
     "outer_optimizer": ("sgd", "adam", "yogi", "adagrad"),
     "adacomm_form": ("paper", "paddle"),
     "adaalter_denominator": ("constant", "paper"),
+    "cser_variant": ("cser", "cser_reference", "csea", "cser_pl"),
+    "cser_form": ("residual", "direct"),
 }
 """Options with a fixed set of values (the registries they name are
 ``experiments.algorithms`` and ``distributed``; a test keeps them equal)."""
@@ -56,6 +59,10 @@ _USED_BY = {
     "adacomm_form": ("adacomm",),
     "adaalter_eps": ("local_adaalter",),
     "adaalter_denominator": ("local_adaalter",),
+    "cser_ratio1": ("cser",),
+    "cser_ratio2": ("cser",),
+    "cser_variant": ("cser",),
+    "cser_form": ("cser",),
 }
 """The algorithms that use each schedule option; setting one away from its
 default under another algorithm is a ConfigError, never ignored."""
@@ -130,15 +137,17 @@ class TrainConfig:
   optimizer: str = _option("sgd", "Optimizer: sgd | adam | adamw.")
   learning_rate: float = _option(0.1, "Learning rate.")
   momentum: float = _option(0.9, "SGD heavy-ball momentum / Adam b1.")
+  nesterov: bool = _option(False, "Nesterov momentum for sgd.")
   b2: float = _option(0.999, "Adam / AdamW b2.")
   weight_decay: float = _option(
       0.0, "Decoupled weight decay of adamw; Local AdaAlter's weight decay.")
   # Communication schedule: synchronous or local updates with syncs.
   algorithm: str = _option(
       "sync", "sync (one aggregate per step) | local_sgd | adacomm | "
-      "local_adaalter (experiments.algorithms.ALGORITHMS).")
+      "local_adaalter | cser (experiments.algorithms.ALGORITHMS).")
   period: int = _option(
-      1, "Local steps per sync (AdaComm: tau_0); 1 for algorithm='sync'.")
+      1, "Local steps per sync (AdaComm: tau_0; CSER: H, steps between "
+      "error resets); 1 for algorithm='sync'.")
   state_policy: str = _option(
       "keep", "The workers' optimizer state at a sync: keep | average | "
       "reset.")
@@ -168,6 +177,18 @@ class TrainConfig:
   adaalter_denominator: str = _option(
       "constant", "Local AdaAlter's denominator: constant (eps, the "
       "authors' code) | paper (t' eps^2).")
+  cser_ratio1: float = _option(
+      64.0, "CSER: R1, the compression ratio of the block sparsifier C1 "
+      "(every step).")
+  cser_ratio2: float = _option(
+      16.0, "CSER: R2 <= R1, the ratio of C2 (the error reset every period "
+      "steps).")
+  cser_variant: str = _option(
+      "cser_reference", "CSER: cser (the paper) | cser_reference (the "
+      "authors' trainer) | csea | cser_pl.")
+  cser_form: str = _option(
+      "residual", "CSER: residual | direct (averaging the compressed "
+      "model).")
   seed: int = _option(
       0, "Seed of the run; each component derives its own stream from it.")
   # Logging, evaluation, checkpoints.
@@ -278,6 +299,16 @@ class TrainConfig:
       if not (math.isfinite(value) and value >= 0):
         raise ConfigError(name, f"{name} must be a finite number >= 0; got "
                           f"{value!r}")
+    for name in ("cser_ratio1", "cser_ratio2"):
+      value = getattr(self, name)
+      if not (math.isfinite(value) and value >= 1):
+        raise ConfigError(name, f"{name} must be a finite number >= 1; got "
+                          f"{value!r}")
+    if self.cser_ratio2 > self.cser_ratio1:
+      raise ConfigError(
+          "cser_ratio2", f"cser_ratio2={self.cser_ratio2} exceeds "
+          f"cser_ratio1={self.cser_ratio1}: the reset (C2) must send at "
+          "least as much as the every-step compressor (C1)")
     for name in ("outer_learning_rate", "outer_eps", "adaalter_eps"):
       value = getattr(self, name)
       if not (math.isfinite(value) and value > 0):
@@ -311,6 +342,9 @@ class TrainConfig:
     users["b2"] = (() if self.optimizer == "sgd"
                    or self.algorithm == "local_adaalter" else
                    tuple(_ALGORITHM_NAMES))
+    users["nesterov"] = (tuple(n for n in _ALGORITHM_NAMES
+                               if n != "local_adaalter")
+                         if self.optimizer == "sgd" else ())
     defaults = TrainConfig.__dataclass_fields__
     for name, algorithms in users.items():
       if (getattr(self, name) != defaults[name].default

@@ -321,9 +321,13 @@ def build_algorithm(config: TrainConfig) -> algorithms.Algorithm:
                            "algorithm")(config, pieces)
 
 
-def model_of(state: dist.TrainState) -> Any:
-  """The model a run evaluates: the synchronous model, or the global model
-  of the last sync of a local algorithm."""
+def model_of(state: dist.TrainState,
+             algorithm: algorithms.Algorithm | None = None) -> Any:
+  """The model a run evaluates: ``algorithm.model_of`` if it has one, else
+  the synchronous model or the global model of the last sync of a local
+  algorithm."""
+  if algorithm is not None and algorithm.model_of is not None:
+    return algorithm.model_of(state)
   local = algorithms.find_local_state(state.opt_state)
   if local is not None:
     return local.global_params
@@ -575,8 +579,8 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
     return f"the last checkpoint holds step {saved_step} (in {workdir})"
 
   def test_metrics(step: int) -> tuple[float, float | None]:
-    loss, acc = map(float, evaluate(_to_host(model_of(state)), x_test,
-                                    y_test))
+    loss, acc = map(float, evaluate(_to_host(model_of(state, algorithm)),
+                                    x_test, y_test))
     if not np.isfinite(loss):
       raise NonFiniteError(
           f"non-finite test_loss at step {step}; training stopped, "
@@ -705,4 +709,4 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
   else:
     test_loss, test_acc = row["test_loss"], row["test_accuracy"]
   return TrainResult(config.steps, test_loss, test_acc,
-                     _to_host(model_of(state)), workdir)
+                     _to_host(model_of(state, algorithm)), workdir)

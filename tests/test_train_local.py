@@ -7,6 +7,7 @@ import functools
 import importlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -53,6 +54,9 @@ RECIPES = {
         c.weight_decay, c.momentum, c.b2),
     "local_adaalter": lambda c: dist.local_adaalter(
         c.learning_rate, c.period, c.adaalter_eps, c.weight_decay),
+    "mnist_cser": lambda c: dist.block_cser(
+        c.learning_rate, c.cser_ratio1, c.cser_ratio2, c.period,
+        seed=trainer.derived_seed(c.seed, trainer._AGGREGATE_SALT)),
     # Plain SGD has no state: keeping it (local_sgd) equals resetting it.
     "local_sgd": lambda c: dist.fedavg(c.learning_rate, c.period),
 }
@@ -86,6 +90,14 @@ def test_adacomm_preset_needs_the_clock():
                                           adacomm_interval_seconds=0.0,
                                           adacomm_interval=3))
   assert not built.needs_time
+
+
+def test_cser_is_evaluated_on_the_mean_model():
+  built = trainer.build_algorithm(_preset("mnist_cser"))
+  params = {"w": jnp.arange(6.0).reshape(3, 2)}
+  state = dist.TrainState(jnp.zeros((), jnp.int32), params, ())
+  np.testing.assert_array_equal(trainer.model_of(state, built)["w"],
+                                [2.0, 3.0])
 
 
 def test_sync_is_the_synchronous_step():
@@ -127,6 +139,16 @@ def test_sync_is_the_synchronous_step():
      "is its own optimizer"),
     (dict(algorithm="local_sgd", outer_optimizer="lamb"), "outer_optimizer",
      "outer_optimizer must be one of.*'lamb'"),
+    (dict(algorithm="cser", cser_ratio1=4.0, cser_ratio2=8.0),
+     "cser_ratio2", "cser_ratio2=8.0 exceeds cser_ratio1=4.0"),
+    (dict(algorithm="cser", cser_ratio1=0.5), "cser_ratio1",
+     "cser_ratio1 must be a finite number >= 1; got 0.5"),
+    (dict(algorithm="local_sgd", cser_variant="csea"), "cser_variant",
+     "not used by algorithm='local_sgd'"),
+    (dict(algorithm="cser", cser_form="dense"), "cser_form",
+     "cser_form must be one of.*'dense'"),
+    (dict(optimizer="adam", nesterov=True), "nesterov",
+     "nesterov=True is not used.*optimizer='adam'"),
 ])
 def test_bad_schedule_options_name_the_flag(changes, field, message):
   with pytest.raises(ConfigError, match=message) as error:
@@ -142,6 +164,8 @@ def test_bad_schedule_options_name_the_flag(changes, field, message):
     (dict(algorithm="local_adaalter", compressor="top_k",
           compressor_params=(("fraction", 0.1),)),
      "local_adaalter.*compressor='identity'"),
+    (dict(algorithm="cser", aggregator="median"),
+     "algorithm='cser' compresses with its own block sparsifiers"),
 ])
 def test_unsupported_combinations_are_refused(changes, message):
   with pytest.raises(ValueError, match=message):
@@ -157,6 +181,8 @@ def test_the_choices_are_the_registries():
   assert choices["state_policy"] == dist.STATE_POLICIES
   assert set(choices["adacomm_form"]) == set(alg.local.PERIOD_FORMS)
   assert choices["adaalter_denominator"] == alg.local.DENOMINATORS
+  assert set(choices["cser_variant"]) == set(dist.CSER_VARIANTS)
+  assert choices["cser_form"] == dist.CSER_FORMS
 
 
 LOCAL = TrainConfig(**SMALL, algorithm="local_sgd", period=4, steps=10,

@@ -15,6 +15,11 @@ from distoptax.algorithms.local.adacomm import check_form
 from distoptax.algorithms.local.adacomm import check_periods
 from distoptax.algorithms.local.adacomm import choose_initial_period
 from distoptax.algorithms.local.adacomm import PERIOD_FORMS
+from distoptax.algorithms.local.error_reset import block_sparsifier
+from distoptax.algorithms.local.error_reset import check_ratios
+from distoptax.algorithms.local.error_reset import overall_ratio
+from distoptax.algorithms.local.error_reset import reset_direct
+from distoptax.algorithms.local.error_reset import reset_residual
 from distoptax.algorithms.local.fedopt import FEDOPT_KINDS
 from distoptax.algorithms.local.fedopt import fedopt_server
 from distoptax.algorithms.local.fedopt import FedOptServerState
@@ -28,15 +33,20 @@ __all__ = [
     "LocalAdaAlterState",
     "PERIOD_FORMS",
     "adacomm_period",
+    "block_sparsifier",
     "check_denominator",
     "check_form",
     "check_periods",
+    "check_ratios",
     "choose_initial_period",
     "FedOptServerState",
     "check_proximal_mu",
     "fedopt_server",
     "local_adaalter_step",
+    "overall_ratio",
     "proximal_gradient",
     "proximal_term",
+    "reset_direct",
+    "reset_residual",
     "sync_accumulators",
 ]
