@@ -16,9 +16,11 @@ decode builds, with one of the static-sparse algorithms of SparCML
   all-to-all, and worker ``j`` adds what it receives into its dense block of
   ``r`` entries. (2) A 4-byte all-gather of the blocks' fills ``K_j`` (what
   an allgatherv exchanges first). (3) The reduced blocks are all-gathered:
-  sparse, ``c2`` pairs per block, while the fill of the sum
-  :math:`K = \sum_j K_j` stays at most :math:`\delta d` and every block fits
-  ``c2``; otherwise dense, ``r`` values per block (DSAR's switch).
+  sparse while the fill of the sum :math:`K = \sum_j K_j` stays at most
+  :math:`\delta d` and the fullest block fits ``c2``, at the smallest of
+  :data:`LADDER_STEPS` static sizes ``c2 * 0.8^j`` that holds it (so the
+  bytes follow the measured fill); otherwise dense, ``r`` values per block
+  (DSAR's switch).
 * ``"recursive_double"`` (SSAR_Recursive_double), ``n`` a power of two:
   :math:`\log_2 n` rounds; in round ``t`` worker ``i`` swaps its partial
   sum with worker ``i XOR 2^t`` and merges. Capacities double each round,
@@ -388,13 +390,13 @@ def _split_allgather(rounds, message, d, delta, bucket_capacity,
 
     # The smallest rung of the ladder that holds the fullest block runs.
     ladder = _ladder(c2)
+    under = fill <= delta * d
     total = dense_blocks
     for size in reversed(ladder):
       total = functools.partial(
-          rounds.cond, most <= size, sparse_blocks(size), total)
-    go_sparse = (fill <= delta * d) & (most <= ladder[-1])
-    total = rounds.cond(go_sparse, total, dense_blocks, block, nonzero)
-    return total, fill, ~go_sparse
+          rounds.cond, under & (most <= size), sparse_blocks(size), total)
+    go_sparse = under & (most <= ladder[-1])
+    return total(block, nonzero), fill, ~go_sparse
 
   total, fill, dense = rounds.cond(overflowed, fallback, sparse, idx, val)
   return total, fill, dense, overflowed
