@@ -7,9 +7,12 @@ keeps them on one worker.
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from distoptax import distributed as dist
 from distoptax.theory_checks import adacomm_wall_clock
 from distoptax.theory_checks import harness
 from distoptax.theory_checks import local_adaalter_mnist
@@ -89,20 +92,18 @@ def test_adacomm_frozen_period_fails_the_speedup():
   assert np.all(result.extras["adacomm_period"] == 16)
 
 
-def test_adaalter_syncs_time_and_measured_gap(adaalter):
+def test_adaalter_quick_passes(adaalter):
+  assert adaalter.verdict == harness.PASS
   gap, fewer, faster = adaalter.sub_claims
-  # Measured: 1.06 at the quick budget, 1.04 at the full one (see the
-  # module docstring); the 2% claim does not hold here.
-  assert 1.0 < gap.value < 1.1
-  assert fewer.holds and fewer.value == 4
-  assert faster.holds and faster.value > 0
-  assert adaalter.extras["syncs"]["sync_adagrad"] == 600
+  assert gap.value <= 1.02
+  assert fewer.value == 4 and faster.value > 0
+  assert adaalter.extras["syncs"]["sync_adaalter"] == 600
 
 
 def test_adaalter_without_accumulator_averaging_is_far_worse(adaalter):
   control = local_adaalter_mnist.run(quick=True, progress=False,
                                      average_accumulators=False)
-  assert not control.sub_claims[0].holds
+  assert control.failed and not control.sub_claims[0].holds
   assert control.sub_claims[0].value > adaalter.sub_claims[0].value + 0.2
 
 
@@ -120,9 +121,6 @@ def test_slsgd_without_trimming_fails():
 
 
 def test_scaled_negative_model_sends_the_reversed_model():
-  import jax
-  import jax.numpy as jnp
-  from distoptax import distributed as dist
   attack = slsgd_attack.scaled_negative_model(1, 2.0)
   x = jnp.array([1.0, -1.0])
   local = jnp.array([[3.0, 1.0], [2.0, 0.0]])   # Models w_i.
