@@ -130,7 +130,7 @@ def _loss(params, batch):
 
 def sample_indices(config: Config, data: datasets.Dataset, n: int,
                    seed: int, skew: float) -> np.ndarray:
-  """Minibatch indices ``[T, n, batch]``: a fraction ``skew`` from home.
+  r"""Minibatch indices ``[T, n, batch]``: a fraction ``skew`` from home.
 
   Worker ``i``'s home classes are those :math:`c \equiv i` modulo
   :math:`\min(n, C)` (``C`` classes), so that every class is some worker's
