@@ -49,6 +49,7 @@ import numpy as np
 import optax
 
 from distoptax.algorithms import aggregators
+from distoptax.algorithms.aggregators import base as aggregator_base
 from distoptax.algorithms import compressors
 from distoptax.algorithms import registry
 from distoptax.distributed import clock as clock_lib
@@ -439,7 +440,7 @@ def partial_aggregate(
         total = jnp.sum(w) if normalizer == "examples" else float(n)
         out = jax.tree.map(
             lambda s: jnp.tensordot(w / total, jnp.where(
-                aggregators.base.present_rows(present, s), s, 0), axes=1),
+                aggregator_base.present_rows(present, s), s, 0), axes=1),
             stacked)
       else:
         out, rule_state = rule.update(stacked, rule_state, params,
@@ -452,21 +453,33 @@ def partial_aggregate(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def participation_rate(opt_state: optax.OptState) -> float | None:
-  """Fraction of workers in the last round of the first partial aggregate.
+def find_participants(opt_state: optax.OptState) -> jax.Array | None:
+  """The last round's participants of the first partial aggregate.
+
+  What a step reports as its ``participation`` metric, so that the clock
+  charges compute to the participants only (``experiments.trainer``).
 
   Args:
-    opt_state: an optimizer state holding a :class:`PartialAggregateState`
-      (as the runtime returns it, replicated fields held once).
+    opt_state: an optimizer state holding a :class:`PartialAggregateState`.
 
   Returns:
-    ``|S| / n`` of the last round, or ``None`` if there is none.
+    Its float32 ``[n]`` mask (1.0 for the participants), or ``None``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from distoptax import algorithms as alg
+    >>> tx = optax.chain(partial_aggregate(alg.aggregators.mean(),
+    ...                                    scheduled([[1, 0, 1]])),
+    ...                  optax.sgd(0.1))
+    >>> def step(g):
+    ...   return find_participants(tx.update(g, tx.init(g))[1])
+    >>> jax.vmap(step, axis_name="workers")(jnp.ones((3, 2)))[0]
+    Array([1., 0., 1.], dtype=float32)
   """
   for node in jax.tree.leaves(
       opt_state, is_leaf=lambda x: isinstance(x, PartialAggregateState)):
     if isinstance(node, PartialAggregateState):
-      mask = np.asarray(node.participants)
-      return float(mask.sum() / mask.shape[-1]) if mask.size else None
+      return node.participants
   return None
 
 
@@ -479,7 +492,7 @@ __all__ = [
     "client_sampling",
     "deadline",
     "everyone",
+    "find_participants",
     "partial_aggregate",
-    "participation_rate",
     "scheduled",
 ]

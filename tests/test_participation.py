@@ -172,3 +172,8 @@ def test_simulate_equals_on_mesh_and_bytes_match_the_program(rule, field):
   assert recorded == helpers.collective_operand_bytes(hlo, field) > 0
   (round_,) = dist.clock_rounds(s1)
   assert round_.participants.sum() == 6
+  np.testing.assert_array_equal(part.find_participants(s1.opt_state),
+                                round_.participants)
+  np.testing.assert_array_equal(part.find_participants(s2.opt_state),
+                                round_.participants)
+  assert part.find_participants(optax.EmptyState()) is None
