@@ -15,6 +15,9 @@ time). Conventions:
     ``k·B``. ``reduce_scatter``: every participant holds ``B`` and ends with
     its ``B / k`` block of the reduction. ``broadcast``: one participant (the
     lowest-indexed) holds ``B`` and every participant ends with it.
+    ``sendrecv``: a pairwise exchange, every participant sends its ``B`` to
+    one partner and receives the partner's ``B``, all pairs at once (one
+    step of recursive doubling).
   * Reduction arithmetic is free (no ``γ`` term).
   * On the peer-to-peer topologies (ring, tree, hierarchical) a collective
     over one participant is the identity and costs nothing. A parameter
@@ -27,7 +30,10 @@ Ring (Patarasuk & Yuan; Thakur et al.):
   * ``all_reduce``: ``2(k-1)α + 2(k-1)/k · B/β``;
   * ``all_gather``: ``(k-1)α + (k-1) · B/β``;
   * ``reduce_scatter``: ``(k-1)α + (k-1)/k · B/β``;
-  * ``broadcast``: ``2(k-1)α + 2(k-1)/k · B/β``.
+  * ``broadcast``: ``2(k-1)α + 2(k-1)/k · B/β``;
+  * ``sendrecv``: ``α + B/β`` (one message each way over full-duplex
+    links; the partner is taken to be one link away, as in the α-β
+    analysis of recursive doubling by Thakur et al.).
 
 Binomial tree (Thakur et al.), with ``L = ⌈log2 k⌉``:
 
@@ -36,7 +42,8 @@ Binomial tree (Thakur et al.), with ``L = ⌈log2 k⌉``:
     ``Lα + (k-1)B/β + L(α + kB/β)``;
   * ``reduce_scatter``: reduce, then scatter:
     ``L(α + B/β) + Lα + (k-1)/k · B/β``;
-  * ``broadcast``: ``L(α + B/β)``.
+  * ``broadcast``: ``L(α + B/β)``;
+  * ``sendrecv``: ``α + B/β``.
 
 The ring broadcast is a ring scatter followed by a ring all-gather (the
 long-message broadcast of van de Geijn, as in Thakur et al., with the scatter
@@ -48,7 +55,9 @@ see :func:`parameter_server_seconds`), with ``load = max(k, s) / s``:
 ``all_reduce`` pushes ``B`` and pulls ``B``, ``all_gather`` pushes ``B`` and
 pulls ``k·B``, ``reduce_scatter`` pushes ``B`` and pulls ``B / k``, each
 costing ``2α + load · (push + pull) / β``; ``broadcast`` is one push of ``B``
-by the root and ``k`` pulls: ``2α + B/β + load · B/β``.
+by the root and ``k`` pulls: ``2α + B/β + load · B/β``. ``sendrecv`` goes
+worker to worker, not through the servers (the workers' own links):
+``α + B/β``.
 
 Two-tier hierarchical (BlueConnect, Cho et al.): ``n = h · g`` workers on
 ``h`` hosts of ``g`` workers each (worker ``w`` on host ``w // g``, local rank
@@ -67,7 +76,11 @@ all-reduces of ``B / g`` bytes, and an intra-host ring all-gather:
 hosts; ``all_gather`` goes between hosts first (each worker exchanges its
 ``B`` with its peers of the same local rank: ``(h-1)α₂ + (h-1)B/β₂``) and
 then within hosts (``(g-1)α₁ + (g-1)hB/β₁``); ``broadcast`` is a ring
-broadcast between hosts then within hosts. When hosts have unequal numbers of
+broadcast between hosts then within hosts. ``sendrecv`` costs one message
+over the slowest link a pair can use: ``α₁ + B/β₁`` when all participants
+share a host, ``α₂ + B/β₂`` with one participant per host, otherwise the
+larger of the two (the record does not say which partner each worker has,
+so the price is the worst pair's). When hosts have unequal numbers of
 participants, each phase costs what it costs on its busiest host: the
 intra-host phases use the largest per-host count ``g_max``, the inter-host
 phases run over the ``h'`` hosts that have participants and carry the shard
@@ -118,13 +131,15 @@ __all__ = [
     "ring_all_reduce_seconds",
     "ring_broadcast_seconds",
     "ring_reduce_scatter_seconds",
+    "sendrecv_seconds",
     "tree_all_gather_seconds",
     "tree_all_reduce_seconds",
     "tree_broadcast_seconds",
     "tree_reduce_scatter_seconds",
 ]
 
-COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "broadcast")
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "broadcast",
+               "sendrecv")
 """The collective kinds every topology prices."""
 
 
@@ -529,6 +544,44 @@ def _ps_broadcast_seconds(b: float, k: int, *, bandwidth: float,
   return 2 * latency + b / bandwidth + load * b / bandwidth
 
 
+def sendrecv_seconds(
+    num_bytes: float,
+    num_workers: int,
+    *,
+    bandwidth: float,
+    latency: float,
+) -> float:
+  r"""Time of a pairwise exchange: every worker swaps ``B`` with a partner.
+
+  All pairs exchange at once over full-duplex links, one message each way:
+
+  .. math::
+
+    T = \alpha + B / \beta \quad (n \ge 2), \qquad T = 0 \quad (n = 1).
+
+  Recursive doubling (Thakur et al.) is :math:`\log_2 n` such steps.
+
+  Args:
+    num_bytes: ``B``, bytes each worker sends (and receives).
+    num_workers: ``n >= 1`` participants; one has no partner and costs 0.
+    bandwidth: ``β > 0``, bytes per second per link.
+    latency: ``α >= 0``, seconds per message.
+
+  Returns:
+    Seconds until every worker holds its partner's bytes.
+
+  Raises:
+    ValueError: on ``n < 1``, negative bytes, ``β <= 0`` or ``α < 0``.
+
+  Example:
+    >>> sendrecv_seconds(1e6, 8, bandwidth=1e9, latency=1e-5)
+    0.00101
+  """
+  b, n, beta, alpha = _check_args("num_bytes", num_bytes, num_workers,
+                                  bandwidth, latency)
+  return 0.0 if n < 2 else alpha + b / beta
+
+
 # --------------------------------------------------------------------------
 # Topology objects.
 # --------------------------------------------------------------------------
@@ -541,6 +594,7 @@ _RING: Mapping[str, _FlatCost] = types.MappingProxyType({
     "all_gather": ring_all_gather_seconds,
     "reduce_scatter": ring_reduce_scatter_seconds,
     "broadcast": ring_broadcast_seconds,
+    "sendrecv": sendrecv_seconds,
 })
 
 _TREE: Mapping[str, _FlatCost] = types.MappingProxyType({
@@ -548,6 +602,7 @@ _TREE: Mapping[str, _FlatCost] = types.MappingProxyType({
     "all_gather": tree_all_gather_seconds,
     "reduce_scatter": tree_reduce_scatter_seconds,
     "broadcast": tree_broadcast_seconds,
+    "sendrecv": sendrecv_seconds,
 })
 
 # (bytes, participants, **link) -> seconds.
@@ -559,6 +614,8 @@ _PARAMETER_SERVER: Mapping[str, _FlatCost] = types.MappingProxyType({
     "reduce_scatter": lambda b, k, **link: parameter_server_seconds(
         b, b / k, k, **link),
     "broadcast": _ps_broadcast_seconds,
+    "sendrecv": lambda b, k, *, bandwidth, latency, num_servers: (
+        sendrecv_seconds(b, k, bandwidth=bandwidth, latency=latency)),
 })
 
 
@@ -666,6 +723,11 @@ class Topology(abc.ABC):
                 tier: str | None = None) -> float:
     """Seconds of a broadcast of ``num_bytes`` from one participant."""
     return self.cost("broadcast", num_bytes, participants, tier=tier)
+
+  def sendrecv(self, num_bytes: float, participants: Any = None, *,
+               tier: str | None = None) -> float:
+    """Seconds of a pairwise exchange of ``num_bytes`` per worker."""
+    return self.cost("sendrecv", num_bytes, participants, tier=tier)
 
   def describe(self) -> dict[str, Any]:
     """A JSON-serialisable description: registry name and fields."""
@@ -807,11 +869,18 @@ def _hierarchical_broadcast(b, g_max, g_min, hosts, m, intra, inter):
           + ring_broadcast_seconds(b, g_max, **intra))
 
 
+def _hierarchical_sendrecv(b, g_max, g_min, hosts, m, intra, inter):
+  del g_min, m
+  links = ([intra] if g_max > 1 else []) + ([inter] if hosts > 1 else [])
+  return max((sendrecv_seconds(b, 2, **link) for link in links), default=0.0)
+
+
 _HIERARCHICAL: Mapping[str, _FlatCost] = types.MappingProxyType({
     "all_reduce": _hierarchical_all_reduce,
     "all_gather": _hierarchical_all_gather,
     "reduce_scatter": _hierarchical_reduce_scatter,
     "broadcast": _hierarchical_broadcast,
+    "sendrecv": _hierarchical_sendrecv,
 })
 
 

@@ -228,6 +228,39 @@ def test_flat_formulas_of_new_kinds():
       2 * LAT + num_bytes / BW + 4 * num_bytes / BW, rel=1e-12)
 
 
+def test_sendrecv_is_one_message_each_way():
+  num_bytes = 80_000
+  one = LAT + num_bytes / BW
+  ps = topo.ParameterServerTopology(8, bandwidth=BW, latency=LAT,
+                                    num_servers=2)
+  for top in (_ring(8), topo.TreeTopology(8, bandwidth=BW, latency=LAT), ps):
+    assert top.sendrecv(num_bytes) == pytest.approx(one, rel=1e-12)
+    # Unlike the all-gather, it does not grow with the participants.
+    assert top.cost("sendrecv", num_bytes, np.arange(8) < 2) == (
+        pytest.approx(one, rel=1e-12))
+    assert top.all_gather(num_bytes) > 2 * one
+  assert topo.sendrecv_seconds(num_bytes, 1, bandwidth=BW,
+                               latency=LAT) == 0.0
+  assert ps.sendrecv(num_bytes, np.arange(8) == 3) == 0.0
+  top = _hierarchical()          # 3 hosts of 4: intra (4 BW, LAT / 10).
+  intra = LAT / 10 + num_bytes / (4 * BW)
+  assert top.sendrecv(num_bytes, np.arange(12) < 4) == pytest.approx(
+      intra, rel=1e-12)          # One host: the intra-host link.
+  assert top.sendrecv(num_bytes, np.arange(12) % 4 == 0) == pytest.approx(
+      one, rel=1e-12)            # One per host: the inter-host link.
+  assert top.sendrecv(num_bytes) == pytest.approx(one, rel=1e-12)
+  assert top.sendrecv(num_bytes, tier="local") == pytest.approx(
+      intra, rel=1e-12)
+
+
+def test_recursive_doubling_swaps_are_priced_as_sendrecv():
+  # log2(8) = 3 swaps of B: 3 (alpha + B / beta), not 3 all-gathers.
+  clock = _clock(8, compute=0.0)
+  state = clock.communicate(_state(clock, np.zeros(8)),
+                            [Round("sendrecv", 4000)] * 3)
+  np.testing.assert_allclose(state.time, 3 * (LAT + 4000 / BW), rtol=1e-12)
+
+
 def test_one_participant():
   alone = np.arange(8) == 3
   for top in (_ring(8), topo.TreeTopology(8, bandwidth=BW, latency=LAT),
