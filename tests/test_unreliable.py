@@ -138,3 +138,21 @@ def _reduce_scatter_operand_bytes(hlo_text):
         total += 4 * int(np.prod([int(d) for d in dims.split("x") if d]))
   assert total, "no reduce-scatter in the program"
   return total
+
+
+def test_more_workers_than_devices():
+  n = 16
+  tx = optax.chain(optax.sgd(0.1), unreliable.rps(0.3))
+  step = dist.data_parallel(helpers.mlp_loss, tx)
+  sim = dist.simulate(step, n)
+  mesh = dist.on_mesh(step, jax.make_mesh((N,), (dist.WORKERS,)), n)
+  params = helpers.mlp_params(jax.random.key(0))
+  batch = helpers.worker_batches(0, n, 4)
+  s1, s2 = sim.init(params), mesh.init(params)
+  for _ in range(2):
+    s1, _ = sim.step(s1, batch)
+    s2, _ = mesh.step(s2, batch)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               s1.params, s2.params)
+  np.testing.assert_array_equal(s1.opt_state[1].dropped,
+                                s2.opt_state[1].dropped)
