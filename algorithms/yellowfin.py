@@ -318,7 +318,10 @@ def scale_by_yellowfin(
       fresh = g if current_grads is None else jax.tree.map(
           lambda c: c.astype(jnp.float32), current_grads)
       loop = (params, delta, jax.tree.map(lambda c: lr * c, fresh))
-    mu = jnp.clip(mu_star + correction, 0.0, 1.0 - EPS)
+    # The feedback may push the algorithmic momentum below 0: asynchrony
+    # alone can exceed the target.
+    mu = jnp.clip(mu_star + correction, -1.0 + EPS if closed_loop else 0.0,
+                  1.0 - EPS)
     velocity = jax.tree.map(lambda v, x: mu * v - lr * x, state.velocity, g)
     out = jax.tree.map(lambda v, u: (-v).astype(u.dtype), velocity, updates)
     return out, new._replace(
