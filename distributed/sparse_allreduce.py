@@ -9,18 +9,19 @@ decode builds, with one of the static-sparse algorithms of SparCML
 (:data:`ALGORITHMS`):
 
 * ``"split_allgather"`` (SSAR/DSAR_Split_allgather). The index space is cut
-  into ``n`` ranges of ``r = ceil(d / n)``. (0) A 4-byte all-reduce tells
-  whether some worker holds more pairs for one range than the bucket
-  capacity ``c1``. (1) A sparse reduce-scatter: every worker sends range
-  ``j``'s pairs (a ``[n, c1]`` buffer of pairs) to worker ``j`` in one
-  all-to-all, and worker ``j`` adds what it receives into its dense block of
-  ``r`` entries. (2) A 4-byte all-gather of the blocks' fills ``K_j`` (what
-  an allgatherv exchanges first). (3) The reduced blocks are all-gathered:
+  into ``n`` ranges of ``r = ceil(d / n)``. (1) A sparse reduce-scatter:
+  every worker sends range ``j``'s pairs (a ``[n, c1]`` buffer of pairs,
+  ``c1`` the bucket capacity) to worker ``j`` in one all-to-all, and worker
+  ``j`` adds what it receives into its dense block of ``r`` entries. (2) An
+  8-byte all-gather of each block's fill ``K_j`` (what an allgatherv
+  exchanges first) and of a flag: whether the worker held more than ``c1``
+  pairs for some range. (3) The reduced blocks are all-gathered:
   sparse while the fill of the sum :math:`K = \sum_j K_j` stays at most
   :math:`\delta d` and the fullest block fits ``c2``, at the smallest of
   :data:`LADDER_STEPS` static sizes ``c2 * 0.8^j`` that holds it (so the
   bytes follow the measured fill); otherwise dense, ``r`` values per block
-  (DSAR's switch).
+  (DSAR's switch). (4) Only when some flag is set: the surplus pairs
+  (those past ``c1`` in their bucket) are all-gathered and added.
 * ``"recursive_double"`` (SSAR_Recursive_double), ``n`` a power of two:
   :math:`\log_2 n` rounds; in round ``t`` worker ``i`` swaps its partial
   sum with worker ``i XOR 2^t`` and merges. Capacities double each round,
@@ -39,12 +40,13 @@ for float32), :func:`paper_delta`; ``delta`` may set another value in
 **Capacities and overflow.** Shapes are static for ``jit``: the buckets of
 stage 1 hold ``bucket_capacity`` pairs, the sparse blocks of stage 3
 ``block_capacity``. Nothing is ever truncated: when some worker's pairs for
-one range exceed ``bucket_capacity``, every worker learns it from round (0)
-and the step runs one dense all-reduce of the decoded vectors instead
-(recorded as such, reported in :attr:`SparseSum.fallback`); a block whose
-fill exceeds ``block_capacity`` sends stage 3 dense. Both decisions come
-from collectives, so they are the same on every worker, and they guard the
-collectives through ``lax.cond``: on a mesh only the branch taken runs.
+one range exceed ``bucket_capacity``, every worker learns it from the flags
+of round (2) and round (4) sends the surplus, ``c - c1`` slots per worker
+(reported in :attr:`SparseSum.leftover`); a block whose fill exceeds
+``block_capacity`` sends stage 3 dense. Both decisions come from
+collectives, so they are the same on every worker, and they guard the
+collectives through ``lax.cond``: on a mesh only the branch taken runs,
+and a step without overflow runs three rounds.
 
 **Collectives and bytes.** The stages run over the logical worker axis as
 ``distoptax.worker_axis`` realises it: under ``simulate`` (``vmap``) the
@@ -55,10 +57,9 @@ stage is one round of the caller's
 :class:`~distoptax.distributed.communication.Rounds`, recorded with the
 bytes this worker hands to it: the all-to-all as a ``"reduce_scatter"``
 (one port, direct exchange: ``(n-1)α + (n-1)/n · B/β``, the ring
-reduce-scatter's price), each pairwise exchange of recursive doubling as an
-``"all_gather"`` (the record has no kind for a pairwise exchange; its bytes
-are exact, but the clock prices it as an all-gather over all workers, an
-overestimate; :func:`recursive_double_seconds` has the paper's price).
+reduce-scatter's price), each pairwise exchange of recursive doubling as a
+``"sendrecv"`` (``α + B/β``, as :func:`recursive_double_seconds` prices
+it).
 
 **Cost model** (α-β, ``α`` seconds per message, ``β`` bytes per second;
 :func:`split_allgather_seconds`, :func:`recursive_double_seconds`,
@@ -86,7 +87,7 @@ References:
 import functools
 import math
 import types
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple, TYPE_CHECKING
 
 import jax
 from jax import lax
@@ -94,8 +95,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from distoptax.algorithms.compressors import selection
-from distoptax.distributed import communication
 from distoptax.worker_axis import collectives
+
+if TYPE_CHECKING:
+  from distoptax.distributed import communication  # pylint: disable=g-bad-import-order
 
 INDEX_BYTES = 4
 """Bytes of one index on the wire (``int32``)."""
@@ -144,16 +147,16 @@ class SparseSum(NamedTuple):
   Attributes:
     total: ``values.dtype[d]``, the sum of all workers' vectors.
     fill: ``int32``, the number of non-zero entries of ``total``.
-    dense: ``bool``, whether the last stage ran dense (the fill passed
-      ``delta``, a block overflowed its capacity, or the fallback ran).
-    fallback: ``bool``, whether a bucket overflowed and the whole sum ran
-      as one dense all-reduce.
+    dense: ``bool``, whether the blocks (or the partial sums) travelled
+      dense: the fill passed ``delta`` or a block overflowed its capacity.
+    leftover: ``bool``, whether a bucket overflowed and its surplus pairs
+      travelled in the leftover round.
   """
 
   total: jax.Array
   fill: jax.Array
   dense: jax.Array
-  fallback: jax.Array
+  leftover: jax.Array
 
 
 def paper_delta(value_dtype: Any = jnp.float32) -> float:
@@ -211,12 +214,6 @@ def _check_message(message: SparseVector, dim: Any) -> int:
   if indices.shape[0] < 1:
     raise ValueError("a sparse vector needs at least one slot")
   return int(dim)
-
-
-def _record(rounds: communication.Rounds, kind: str,
-            collective: Callable[[Any], Any], x: Any) -> Any:
-  """One round of ``rounds`` running ``collective(x)``, bytes of ``x``."""
-  return rounds._round(kind, collective, x, None, None, None, None, None)  # pylint: disable=protected-access
 
 
 # --------------------------------------------------------------------------
@@ -336,70 +333,111 @@ def _decode(idx: jax.Array, val: jax.Array, d: int) -> jax.Array:
   return jnp.zeros((d,), val.dtype).at[idx].add(val, mode="drop")
 
 
+def _group_by_owner(owner: jax.Array, n: int) -> tuple[jax.Array,
+                                                      jax.Array]:
+  """A permutation that groups the slots by owner, and the owners in it.
+
+  One single-operand sort of ``owner * c + position`` (several times
+  faster on CPU than sorting the (index, value) pairs), or a two-operand
+  sort when that key does not fit in int32.
+  """
+  c = owner.shape[0]
+  position = jnp.arange(c, dtype=jnp.int32)
+  if (n + 1) * c < 2**31:
+    key = lax.sort(owner * c + position)
+    return key % c, key // c
+  sorted_owner, perm = lax.sort((owner, position), num_keys=1)
+  return perm, sorted_owner
+
+
 def _split_allgather(rounds, message, d, delta, bucket_capacity,
                      block_capacity):
   axis_name = rounds.axis_name
   n = collectives.num_workers(axis_name)
-  idx, val = _clean(message, d)
+  idx, val = jnp.asarray(message[0]), jnp.asarray(message[1])
   c = idx.shape[0]
   r = -(-d // n)
   c1 = min(c, bucket_capacity or default_capacity(c / n))
   c2 = min(r, block_capacity or default_capacity(c))
-  starts = jnp.searchsorted(idx, jnp.arange(n + 1, dtype=jnp.int32) * r,
-                            side="left").astype(jnp.int32)
-  counts = starts[1:] - starts[:-1]
-  over = jnp.any(counts > c1).astype(jnp.int32)
-  overflowed = rounds.all_reduce(over) > 0
+  valid = (idx >= 0) & (idx < d)
+  owner = jnp.where(valid, idx // r, n)            # n: an unused slot.
+  perm, owner = _group_by_owner(owner, n)
+  idx, val = idx[perm], jnp.where(valid[perm], val[perm], 0)
+  counts = jnp.zeros((n + 1,), jnp.int32).at[owner].add(1)
+  starts = jnp.cumsum(counts) - counts
+  rank = jnp.arange(c, dtype=jnp.int32) - starts[owner]
+  over = jnp.any(counts[:n] > c1)
 
-  def fallback(idx, val):
-    total = rounds.all_reduce(_decode(idx, val, d))
-    return total, jnp.sum(total != 0, dtype=jnp.int32), jnp.asarray(True)
+  # (1) Sparse reduce-scatter: one all-to-all of [n, c1] buffers.
+  local = jnp.full((n, c1), r, jnp.int32).at[owner, rank].set(
+      idx - owner * r, mode="drop")
+  values = jnp.zeros((n, c1), val.dtype).at[owner, rank].set(
+      val, mode="drop")
+  got_idx, got_val = rounds.run_round(
+      "reduce_scatter",
+      lambda b: (all_to_all(b[0], axis_name), all_to_all(b[1], axis_name)),
+      (local, values))
+  block = jnp.zeros((r,), val.dtype).at[got_idx.ravel()].add(
+      got_val.ravel(), mode="drop")
+  nonzero = block != 0
 
-  def sparse(idx, val):
-    owner = jnp.minimum(idx // r, n)           # n: unused slot, dropped.
-    slot = jnp.arange(c, dtype=jnp.int32) - starts[jnp.minimum(owner, n - 1)]
-    local = jnp.full((n, c1), r, jnp.int32).at[owner, slot].set(
-        idx - owner * r, mode="drop")
-    values = jnp.zeros((n, c1), val.dtype).at[owner, slot].set(
+  # (2) The blocks' fills and the overflow flags, one all-gather.
+  counts2 = rounds.all_gather(jnp.stack(
+      [jnp.sum(nonzero, dtype=jnp.int32), over.astype(jnp.int32)]))
+  fill, most = jnp.sum(counts2[:, 0]), jnp.max(counts2[:, 0])
+  leftover = jnp.any(counts2[:, 1] != 0)
+  me = collectives.worker_index(axis_name)
+
+  # (3) The reduced blocks: the smallest rung of the ladder that holds the
+  # fullest block, sparse, or dense.
+  positions = selection.compact(selection.pack_bits(nonzero), c2, fill=r)
+
+  def sparse_blocks(size):
+    def gather(block, positions):
+      pos = positions[:size]
+      used = pos < r
+      vals = jnp.where(used, block[jnp.minimum(pos, r - 1)], 0)
+      gidx = jnp.where(used, pos + me * r, d)
+      rows_idx, rows_val = rounds.all_gather((gidx, vals))
+      return jnp.zeros((d,), val.dtype).at[rows_idx.ravel()].set(
+          rows_val.ravel(), mode="drop")
+    return gather
+
+  def dense_blocks(block, positions):
+    del positions
+    return rounds.all_gather(block).reshape(-1)[:d]
+
+  ladder = _ladder(c2)
+  under = fill <= delta * d
+  send = dense_blocks
+  for size in reversed(ladder):
+    send = functools.partial(
+        rounds.cond, under & (most <= size), sparse_blocks(size), send)
+  total = send(block, positions)
+  dense = ~(under & (most <= ladder[-1]))
+  if c1 == c:                     # No bucket can overflow.
+    return total, fill, dense, jnp.asarray(False)
+
+  # (4) Only if a bucket overflowed: its surplus pairs, all-gathered.
+  def add_leftovers(total, idx, val, rank, owner):
+    surplus = (rank >= c1) & (owner < n)
+    slot = jnp.where(surplus, jnp.cumsum(surplus, dtype=jnp.int32) - 1,
+                     c - c1)
+    send_idx = jnp.full((c - c1,), d, jnp.int32).at[slot].set(
+        idx, mode="drop")
+    send_val = jnp.zeros((c - c1,), val.dtype).at[slot].set(
         val, mode="drop")
-    got_idx, got_val = _record(
-        rounds, "reduce_scatter",
-        lambda b: (all_to_all(b[0], axis_name), all_to_all(b[1], axis_name)),
-        (local, values))
-    block = jnp.zeros((r,), val.dtype).at[got_idx.ravel()].add(
-        got_val.ravel(), mode="drop")
-    nonzero = block != 0
-    fills = rounds.all_gather(jnp.sum(nonzero, dtype=jnp.int32))
-    fill, most = jnp.sum(fills), jnp.max(fills)
-    me = collectives.worker_index(axis_name)
+    rows_idx, rows_val = rounds.all_gather((send_idx, send_val))
+    total = total.at[rows_idx.ravel()].add(rows_val.ravel(), mode="drop")
+    return total, jnp.sum(total != 0, dtype=jnp.int32)
 
-    def sparse_blocks(size):
-      def gather(block, nonzero):
-        pos = selection.compact(selection.pack_bits(nonzero), size, fill=r)
-        used = pos < r
-        vals = jnp.where(used, block[jnp.minimum(pos, r - 1)], 0)
-        gidx = jnp.where(used, pos + me * r, d)
-        rows_idx, rows_val = rounds.all_gather((gidx, vals))
-        return jnp.zeros((d,), val.dtype).at[rows_idx.ravel()].set(
-            rows_val.ravel(), mode="drop", unique_indices=True)
-      return gather
+  def keep(total, idx, val, rank, owner):
+    del idx, val, rank, owner
+    return total, fill
 
-    def dense_blocks(block, nonzero):
-      del nonzero
-      return rounds.all_gather(block).reshape(-1)[:d]
-
-    # The smallest rung of the ladder that holds the fullest block runs.
-    ladder = _ladder(c2)
-    under = fill <= delta * d
-    total = dense_blocks
-    for size in reversed(ladder):
-      total = functools.partial(
-          rounds.cond, under & (most <= size), sparse_blocks(size), total)
-    go_sparse = under & (most <= ladder[-1])
-    return total(block, nonzero), fill, ~go_sparse
-
-  total, fill, dense = rounds.cond(overflowed, fallback, sparse, idx, val)
-  return total, fill, dense, overflowed
+  total, fill = rounds.cond(leftover, add_leftovers, keep, total, idx, val,
+                            rank, owner)
+  return total, fill, dense, leftover
 
 
 def _ladder(capacity: int) -> list[int]:
@@ -450,21 +488,31 @@ def _recursive_double(rounds, message, d, delta):
     if dense is None and min(bound, d) > delta * d:
       dense = _decode(idx, val, d)
     if dense is None:
-      other_idx, other_val = _record(
-          rounds, "all_gather", lambda x, s=distance: swap(x, s, axis_name),
+      other_idx, other_val = rounds.run_round(
+          "sendrecv", lambda x, s=distance: swap(x, s, axis_name),
           (idx, val))
       idx, val = _merge(idx, val, other_idx, other_val, d)
       bound *= 2
     else:
-      dense = dense + _record(
-          rounds, "all_gather", lambda x, s=distance: swap(x, s, axis_name),
-          dense)
+      dense = dense + rounds.run_round(
+          "sendrecv", lambda x, s=distance: swap(x, s, axis_name), dense)
     distance *= 2
   switched = dense is not None
   total = dense if switched else _decode(idx, val, d)
   return (total, jnp.sum(total != 0, dtype=jnp.int32), jnp.asarray(switched),
           jnp.asarray(False))
 
+
+def _recursive_double_entry(rounds, message, d, delta, bucket_capacity,
+                            block_capacity):
+  del bucket_capacity, block_capacity   # Capacities double: no overflow.
+  return _recursive_double(rounds, message, d, delta)
+
+
+_IMPLEMENTATIONS = types.MappingProxyType({
+    "split_allgather": _split_allgather,
+    "recursive_double": _recursive_double_entry,
+})
 
 ALGORITHMS = types.MappingProxyType({
     "split_allgather": "SSAR/DSAR_Split_allgather",
@@ -474,7 +522,7 @@ ALGORITHMS = types.MappingProxyType({
 
 
 def sparse_all_reduce(
-    rounds: communication.Rounds,
+    rounds: "communication.Rounds",
     message: SparseVector,
     dim: int,
     *,
@@ -495,10 +543,11 @@ def sparse_all_reduce(
   Guarantees: the result is the exact sum of the decoded messages (the
   same additions, possibly in another order: bit-exact for integer-valued
   data, otherwise up to floating-point reassociation); no pair is ever
-  dropped (overflowing capacities switch to dense transport); every worker
-  gets the same sum; all rounds are recorded in ``rounds``. Needs a
-  ``Rounds`` capacity of 5 (split all-gather) or :math:`\log_2 n`
-  (recursive doubling).
+  dropped (a bucket's surplus travels in a leftover round, an overflowing
+  block sends the blocks dense); every worker gets the same sum; all
+  rounds are recorded in ``rounds``, with the bytes handed to each. Needs
+  a ``Rounds`` capacity of 4 (split all-gather: 3 rounds, a 4th when a
+  bucket overflows) or :math:`\log_2 n` (recursive doubling).
 
   Args:
     rounds: the update's :class:`~distoptax.distributed.communication.Rounds`
@@ -529,7 +578,7 @@ def sparse_all_reduce(
     >>> import jax, jax.numpy as jnp
     >>> from distoptax.distributed import comm_stats, communication
     >>> def step(idx, val):
-    ...   rounds = communication.Rounds(comm_stats.init_comm_stats(5))
+    ...   rounds = communication.Rounds(comm_stats.init_comm_stats(4))
     ...   out = sparse_all_reduce(rounds, SparseVector(idx, val), 16,
     ...                           bucket_capacity=2)
     ...   return out.total, out.dense, rounds.finish()
@@ -539,7 +588,7 @@ def sparse_all_reduce(
     >>> total[0, :8], dense[0]  # Index 16 = d: an unused slot.
     (Array([1., 4., 5., 0., 0., 5., 0., 6.], dtype=float32), Array(False, dtype=bool))
     >>> [(r.kind, r.bytes) for r in comm_stats.clock_rounds(stats)]
-    [('all_reduce', 4), ('reduce_scatter', 64), ('all_gather', 4), ('all_gather', 24)]
+    [('reduce_scatter', 64), ('all_gather', 8), ('all_gather', 24)]
   """
   if algorithm not in ALGORITHMS:
     raise ValueError(f"unknown algorithm {algorithm!r}; known: "
@@ -549,10 +598,8 @@ def sparse_all_reduce(
   delta = _check_delta(delta, values.dtype)
   bucket_capacity = _check_capacity("bucket_capacity", bucket_capacity)
   block_capacity = _check_capacity("block_capacity", block_capacity)
-  if algorithm == "split_allgather":
-    return SparseSum(*_split_allgather(
-        rounds, message, d, delta, bucket_capacity, block_capacity))
-  return SparseSum(*_recursive_double(rounds, message, d, delta))
+  return SparseSum(*_IMPLEMENTATIONS[algorithm](
+      rounds, message, d, delta, bucket_capacity, block_capacity))
 
 
 # --------------------------------------------------------------------------

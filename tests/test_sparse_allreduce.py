@@ -110,7 +110,7 @@ def test_split_switches_to_dense_just_past_delta(delta):
                          bucket_capacity=per_worker, block_capacity=d // n)
     assert int(out.fill[0]) == fill
     assert bool(out.dense[0]) == (fill > limit)
-    assert not bool(out.fallback[0])
+    assert not bool(out.leftover[0])
     np.testing.assert_array_equal(out.total[0], _dense_sum(idx, val, d))
     last = _kinds(stats)[-1]
     assert last == ("all_gather", (d // n) * 4 if fill > limit
@@ -145,21 +145,38 @@ def test_recursive_double_switches_when_its_bound_passes_delta(
   assert bool(out.dense[0]) == (dense_from is not None)
 
 
-def test_bucket_overflow_falls_back_to_one_dense_all_reduce():
-  n, d = 4, 64
-  idx, val = _integer_messages(3, n, 8, d)
-  idx[2, :3] = [1, 2, 3]              # Worker 2: three pairs in range 0.
-  out, stats = _reduce(idx, val, d, bucket_capacity=2)
-  assert bool(out.fallback[0]) and bool(out.dense[0])
+def test_bucket_overflow_sends_the_surplus_in_a_leftover_round():
+  n, d, c = 4, 64, 8
+  idx, val = _integer_messages(3, n, c, d)
+  idx[2, :5] = [1, 2, 3, 1, 9]        # Worker 2: five pairs in range 0.
+  idx[1, :4] = [17, 18, 17, 17]       # Worker 1: four in range 1.
+  out, stats = _reduce(idx, val, d, bucket_capacity=2, block_capacity=16)
+  assert bool(out.leftover[0]) and not bool(out.dense[0])
+  expected = _dense_sum(idx, val, d)
+  for w in range(n):
+    np.testing.assert_array_equal(out.total[w], expected)
+  assert int(out.fill[0]) == np.count_nonzero(expected)
+  kinds = _kinds(stats)
+  assert kinds[:2] == [("reduce_scatter", n * 2 * 8), ("all_gather", 8)]
+  assert kinds[3] == ("all_gather", (c - 2) * 8) and len(kinds) == 4
+
+
+def test_no_leftover_round_without_overflow():
+  n, d, c = 4, 64, 8
+  idx, val = _disjoint(n, d, c // n)  # Two pairs per range per worker.
+  idx = idx.reshape(n, -1)
+  out, stats = _reduce(idx, val, d, bucket_capacity=2, block_capacity=16)
+  assert not bool(out.leftover[0])
   np.testing.assert_array_equal(out.total[0], _dense_sum(idx, val, d))
-  assert _kinds(stats) == [("all_reduce", 4), ("all_reduce", d * 4)]
+  assert [k for k, _ in _kinds(stats)] == ["reduce_scatter", "all_gather",
+                                           "all_gather"]
 
 
 def test_block_overflow_sends_dense_blocks_without_dropping():
   n, d = 4, 64
   idx, val = _disjoint(n, d, 2)       # Fill 8 <= 32, blocks of 2.
   out, stats = _reduce(idx, val, d, bucket_capacity=2, block_capacity=1)
-  assert bool(out.dense[0]) and not bool(out.fallback[0])
+  assert bool(out.dense[0]) and not bool(out.leftover[0])
   np.testing.assert_array_equal(out.total[0], _dense_sum(idx, val, d))
   assert _kinds(stats)[-1] == ("all_gather", (d // n) * 4)
 
@@ -184,10 +201,10 @@ def test_no_overflow_at_the_exact_capacity():
          + np.arange(n)[:, None] // 2).astype(np.int32)
   val = np.arange(1, idx.size + 1, dtype=np.float32).reshape(idx.shape)
   out, stats = _reduce(idx, val, d, bucket_capacity=1, block_capacity=2)
-  assert not bool(out.dense[0]) and not bool(out.fallback[0])
+  assert not bool(out.dense[0]) and not bool(out.leftover[0])
   np.testing.assert_array_equal(out.total[0], _dense_sum(idx, val, d))
-  assert _kinds(stats) == [("all_reduce", 4), ("reduce_scatter", n * 1 * 8),
-                           ("all_gather", 4), ("all_gather", 2 * 8)]
+  assert _kinds(stats) == [("reduce_scatter", n * 1 * 8),
+                           ("all_gather", 8), ("all_gather", 2 * 8)]
 
 
 def _worker_step(d, **kw):
@@ -200,7 +217,7 @@ def _worker_step(d, **kw):
     out = sar.sparse_all_reduce(rounds, sar.SparseVector(*batch), d, **kw)
     state = state._replace(step=state.step + 1, opt_state=rounds.finish())
     return state, {"total": out.total, "dense": out.dense,
-                   "fallback": out.fallback}
+                   "leftover": out.leftover}
 
   return runtime.WorkerStep(init, update, dist.WORKERS)
 
@@ -213,7 +230,7 @@ def _run(rt, batch):
 
 CASES = [
     ("split_allgather", {"bucket_capacity": 5}, 6),     # Sparse.
-    ("split_allgather", {"bucket_capacity": 1}, 6),     # Fallback.
+    ("split_allgather", {"bucket_capacity": 1}, 6),     # Leftover round.
     ("split_allgather", {"bucket_capacity": 40}, 40),   # Dense blocks.
     ("recursive_double", {"delta": 0.05}, 6),           # Dense from the 2nd round.
 ]
@@ -248,23 +265,24 @@ def test_split_stage_bytes_match_the_lowered_program():
   n, d, c = 8, 128, 6
   idx, val = _integer_messages(5, n, c, d)
   batch = (jnp.asarray(idx), jnp.asarray(val))
-  text, rounds, metrics = _mesh_program(d, batch, bucket_capacity=c,
+  c1 = 4
+  text, rounds, metrics = _mesh_program(d, batch, bucket_capacity=c1,
                                         block_capacity=12)
-  assert not metrics["dense"][0]
+  assert not metrics["dense"][0] and not metrics["leftover"][0]
   # Every stage that can run is in the program once; the recorded rounds
-  # of this (sparse) run are the ones of its branch.
+  # of this (sparse, no overflow) run are the ones of its branch.
   a2a = helpers.collective_operand_bytes(text, "all_to_all")
   gathers = helpers.collective_operand_bytes(text, "all_gather")
-  reduces = helpers.collective_operand_bytes(text, "all_reduce")
   rung = _rung(12, _fullest_block(idx, val, d, n))
-  assert rounds == [("all_reduce", 4), ("reduce_scatter", a2a),
-                    ("all_gather", 4), ("all_gather", rung * 8)]
-  assert a2a == n * c * 8
+  assert rounds == [("reduce_scatter", a2a), ("all_gather", 8),
+                    ("all_gather", rung * 8)]
+  assert a2a == n * c1 * 8
   ladder = sar._ladder(12)  # pylint: disable=protected-access
   assert len(ladder) > 3
-  # Counts, every sparse rung, dense blocks.
-  assert gathers == 4 + sum(s * 8 for s in ladder) + (d // n) * 4
-  assert reduces == 4 + d * 4                      # flag, fallback.
+  # Counts and flags, every sparse rung, dense blocks, the leftover round.
+  assert gathers == (8 + sum(s * 8 for s in ladder) + (d // n) * 4
+                     + (c - c1) * 8)
+  assert helpers.collective_operand_bytes(text, "all_reduce") == 0
 
 
 def test_recursive_double_stage_bytes_match_the_lowered_program():
@@ -275,6 +293,7 @@ def test_recursive_double_stage_bytes_match_the_lowered_program():
                                   delta=0.15)
   # Bounds 6, 12, 24 pairs; 24 > 0.15 * 128: the last round is dense.
   assert [b for _, b in rounds] == [6 * 8, 12 * 8, d * 4]
+  assert [k for k, _ in rounds] == ["sendrecv"] * 3   # Priced alpha + B/beta.
   assert helpers.collective_operand_bytes(
       text, "collective_permute") == 6 * 8 + 12 * 8 + d * 4
   for op in ("all_to_all", "all_gather", "all_reduce"):
