@@ -111,7 +111,8 @@ def test_slsgd_survives_while_fedavg_collapses(slsgd):
   assert slsgd.verdict == harness.PASS
   table = slsgd.extras["table"]
   assert table["slsgd"]["attacked"] >= table["slsgd"]["clean"] - 0.03
-  assert table["fedavg"]["clean"] > 0.8 and table["fedavg"]["attacked"] < 0.2
+  assert table["fedavg"]["clean"] > 0.8
+  assert table["fedavg"]["clean"] - table["fedavg"]["attacked"] >= 0.3
 
 
 def test_slsgd_without_trimming_fails():

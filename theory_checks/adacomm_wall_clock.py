@@ -50,7 +50,7 @@ evaluations first does (so noise alone does not reach it).
 Measured (quick, 2 seeds): AdaComm 2.71x, the best fixed period (4)
 2.32x, period 16 never (its floor 0.033 is above the target 0.023). The
 figure depends on the budget: with a 2,500-step budget (target 0.0074,
-near AdaComm's own floor at its final period of about 3) AdaComm drops to
+near AdaComm's own floor at its final period of 5 to 6) AdaComm drops to
 1.93x and sub-claim 1 fails; with 1,500 steps it is 2.87x but period 16
 reaches the target too (3.67x). The default budget is the one at which the
 target lies between the floors of period 16 and of AdaComm's last
