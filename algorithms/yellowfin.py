@@ -227,6 +227,25 @@ def scale_by_yellowfin(
     ValueError: for ``beta`` outside :math:`(0, 1)`, ``curvature_window <
       1``, a negative rate, a momentum outside :math:`[0, 1)` or a
       non-positive gain.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> tx = scale_by_yellowfin()
+    >>> state = tx.init(jnp.zeros(2))
+    >>> u, state = tx.update(jnp.array([3.0, 4.0]), state)
+    >>> u   # The first step: alpha = 1e-4, mu = 0.
+    Array([0.0003, 0.0004], dtype=float32)
+    >>> round(float(estimates(state, 0.999).h_max), 3)   # |g|^2, one sample
+    25.0
+
+  References:
+    Zhang, Mitliagkas, "YellowFin and the Art of Momentum Tuning", MLSys
+    2019, arXiv:1706.03471.
+
+  Guarantees:
+    The returned step is the heavy ball :math:`x_{t+1} - x_t = \mu_t (x_t -
+    x_{t-1}) - \alpha_t g_t` exactly (negated); :math:`\mu_t \in [0, 1)`
+    without the loop, :math:`(-1, 1)` with it.
   """
   beta = _check("beta", beta, 0.0, 1.0)
   if isinstance(curvature_window, (bool, np.bool_)) or not isinstance(

@@ -549,6 +549,33 @@ def clients(
 
   Raises:
     ValueError: for a negative ``proximal_rho`` or ``buffer_size < 1``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from distoptax import distributed as dist
+    >>> from distoptax.distributed import fedasync, stragglers, topologies
+    >>> clock = dist.Clock(   # Worker 1 computes 3x slower than worker 0.
+    ...     stragglers.ComputeModel(2, 1.0, imbalance=(1, 3)),
+    ...     topologies.ParameterServerTopology(2, bandwidth=1e9, latency=0.0))
+    >>> _, plan = dist.async_schedule(clock, clock.compute_steps(clock.init()),
+    ...                               4)
+    >>> plan.worker, plan.staleness
+    (array([0, 0, 0, 1], dtype=int32), array([0, 0, 0, 3], dtype=int32))
+    >>> loss_fn = lambda w, b: 0.5 * jnp.sum((w - b) ** 2)
+    >>> server = fedasync.fedasync(0.5, "polynomial", max_staleness=4)
+    >>> run = dist.simulate(fedasync.clients(loss_fn, server, optax.sgd(0.5)),
+    ...                     num_workers=2)
+    >>> state = run.init(jnp.zeros(1))
+    >>> data = jnp.broadcast_to(jnp.array([[[1.0]], [[-1.0]]]), (4, 2, 1, 1))
+    >>> batches = fedasync.schedule_batches(data, plan)
+    >>> for t in range(4):
+    ...   state, metrics = run.step(state, jax.tree.map(lambda a: a[t],
+    ...                                                 batches))
+    >>> metrics["arrival"], metrics["staleness"]
+    (Array([False,  True], dtype=bool), Array([3, 3], dtype=int32))
+    >>> int(state.opt_state.version), state.params  # 0.578125 after worker
+    ... # 0's three; worker 1 trained x_0 = 0 to -0.5, mixed at 0.5 / sqrt(4).
+    (4, Array([0.30859375], dtype=float32))
   """
   local_math.check_proximal_mu(proximal_rho)
   buffer_size = _check_count("buffer_size", buffer_size, 1)

@@ -209,6 +209,34 @@ def test_staleness_adds_momentum_and_the_loop_tracks_the_target():
   assert np.median(closed[step, 2] - closed[step, 1]) > 0.05
 
 
+def test_inside_bounded_delay_simulate_equals_on_mesh():
+  h = jnp.linspace(0.5, 4.0, 6)
+  loss = lambda x, xi: 0.5 * jnp.sum(h * x ** 2) + 0.1 * jnp.sum(xi * x)
+
+  def runtime(kind):
+    tx = bd.bounded_delay(yf.yellowfin(closed_loop=True), 2, "uniform")
+    step = dist.data_parallel(
+        loss, tx, gradient_at=bd.gradient_at, replicated_params=True,
+        extra_args=lambda s: {"current_grads": h * s.params})
+    if kind == "simulate":
+      return dist.simulate(step, 8)
+    return dist.on_mesh(step, jax.make_mesh((8,), (dist.WORKERS,)), 8)
+
+  noise = np.random.default_rng(3).normal(size=(6, 8, 6)).astype(np.float32)
+  finals = []
+  for kind in ("simulate", "mesh"):
+    rt = runtime(kind)
+    state = rt.init(jnp.ones(6))
+    for xi in noise:
+      state, _ = rt.step(state, xi)
+    finals.append(state)
+  np.testing.assert_allclose(finals[0].params, finals[1].params, rtol=1e-5,
+                             atol=1e-7)
+  np.testing.assert_allclose(finals[0].opt_state.inner_state[0].momentum,
+                             finals[1].opt_state.inner_state[0].momentum,
+                             rtol=1e-5, atol=1e-7)
+
+
 def test_bad_arguments():
   with pytest.raises(ValueError, match=r"beta must lie in \(0, 1\); got 1.0"):
     yf.scale_by_yellowfin(beta=1.0)
