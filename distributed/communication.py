@@ -230,10 +230,61 @@ class Rounds:
         participated)
     self._slot += 1
 
-  def _round(self, kind: str, collective: Callable[[Any], Any], x: Any,
-             participation: Any, run: Any, otherwise: Any, wire_bytes: Any,
-             coded_bytes: Any, extra_bytes: int = 0) -> Any:
+  def run_round(self, kind: str, collective: Callable[[Any], Any], x: Any,
+                *, participation: Any = None, run: Any = None,
+                otherwise: Callable[[Any], Any] | None = None,
+                wire_bytes: Any = None, coded_bytes: Any = None,
+                extra_bytes: int = 0) -> Any:
+    """One round of any collective: runs ``collective(x)`` and records it.
+
+    The building block of the named rounds (:meth:`all_reduce`,
+    :meth:`all_gather`, ...), public for collectives the worker axis does
+    not name, e.g. an all-to-all (recorded as ``"reduce_scatter"``) or a
+    pairwise swap (``"sendrecv"``), as SparCML's sparse all-reduce runs.
+
+    Args:
+      kind: the record's kind, one of ``comm_stats.KINDS``; it decides how
+        the clock prices the round.
+      collective: ``collective(x)``, the collective itself (it may call
+        several ``lax`` collectives that together are one round).
+      x: this worker's pytree, handed to ``collective``.
+      participation: this worker's weight or mask (0: not a participant);
+        ``None``: everyone takes part. Recorded only: ``collective`` must
+        apply it.
+      run: see :meth:`all_reduce`.
+      otherwise: see :meth:`all_reduce`; default: zeros shaped like the
+        output of ``kind`` (``x``'s shapes for ``"sendrecv"``).
+      wire_bytes: see :meth:`all_reduce`; default: the bytes of ``x`` plus
+        ``extra_bytes``.
+      coded_bytes: see :meth:`all_reduce`.
+      extra_bytes: static bytes added to the default ``wire_bytes``.
+
+    Returns:
+      ``collective(x)``.
+
+    Raises:
+      ValueError: on an unknown ``kind``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jax import lax
+      >>> from distoptax import distributed as dist
+      >>> from distoptax.distributed import comm_stats, communication
+      >>> def step(x):
+      ...   rounds = communication.Rounds(comm_stats.init_comm_stats())
+      ...   other = rounds.run_round(
+      ...       "sendrecv", lambda v: lax.ppermute(v, dist.WORKERS,
+      ...                                          [(0, 1), (1, 0)]), x)
+      ...   return other, rounds.finish()
+      >>> other, stats = jax.vmap(step, axis_name=dist.WORKERS)(
+      ...     jnp.array([[1.0, 2.0], [3.0, 4.0]]))
+      >>> other[0], dist.clock_rounds(stats)[0].kind
+      (Array([3., 4.], dtype=float32), 'sendrecv')
+    """
     self._check_open()
+    if kind not in comm_stats.KINDS:
+      raise ValueError(f"run_round: unknown kind {kind!r}; known: "
+                       f"{list(comm_stats.KINDS)}")
     if wire_bytes is None:
       wire_bytes = comm_stats.tree_bytes(x) + extra_bytes
     participated = (True if participation is None
@@ -275,10 +326,11 @@ class Rounds:
     Returns:
       The sum, the same on every worker.
     """
-    return self._round(
+    return self.run_round(
         "all_reduce",
         lambda v: collectives.psum(v, self._axis_name, weight=weight), x,
-        weight, run, otherwise, wire_bytes, coded_bytes)
+        participation=weight, run=run, otherwise=otherwise,
+        wire_bytes=wire_bytes, coded_bytes=coded_bytes)
 
   def mean(self, x: Any, *, weight: Any = None,
            normalizer: str = "weights", run: Any = None,
@@ -303,11 +355,12 @@ class Rounds:
       The mean, the same on every worker.
     """
     extra = 4 if weight is not None and normalizer != "workers" else 0
-    return self._round(
+    return self.run_round(
         "all_reduce",
         lambda v: collectives.pmean(v, self._axis_name, weight=weight,
                                     normalizer=normalizer), x,
-        weight, run, otherwise, wire_bytes, coded_bytes, extra)
+        participation=weight, run=run, otherwise=otherwise,
+        wire_bytes=wire_bytes, coded_bytes=coded_bytes, extra_bytes=extra)
 
   def all_gather(self, x: Any, *, mask: Any = None, run: Any = None,
                  otherwise: Callable[[Any], Any] | None = None,
@@ -325,10 +378,11 @@ class Rounds:
     Returns:
       The stack, leaves ``[num_workers, ...]``, the same on every worker.
     """
-    return self._round(
+    return self.run_round(
         "all_gather",
         lambda v: collectives.all_gather(v, self._axis_name, mask=mask), x,
-        mask, run, otherwise, wire_bytes, coded_bytes)
+        participation=mask, run=run, otherwise=otherwise,
+        wire_bytes=wire_bytes, coded_bytes=coded_bytes)
 
   def reduce_scatter(self, x: Any, *, weight: Any = None, run: Any = None,
                      otherwise: Callable[[Any], Any] | None = None,
@@ -347,11 +401,12 @@ class Rounds:
     Returns:
       This worker's block (``worker_axis.reduce_scatter``).
     """
-    return self._round(
+    return self.run_round(
         "reduce_scatter",
         lambda v: collectives.reduce_scatter(v, self._axis_name,
                                              weight=weight), x,
-        weight, run, otherwise, wire_bytes, coded_bytes)
+        participation=weight, run=run, otherwise=otherwise,
+        wire_bytes=wire_bytes, coded_bytes=coded_bytes)
 
   def cond(self, pred: Any, true_fn: Callable[..., Any],
            false_fn: Callable[..., Any], *operands: Any) -> Any:
