@@ -38,6 +38,10 @@ from distoptax.distributed.cser import cser
 from distoptax.distributed.cser import CSERState
 from distoptax.distributed.cser import FORMS as CSER_FORMS
 from distoptax.distributed.cser import VARIANTS as CSER_VARIANTS
+from distoptax.distributed.eager import eager_schedule
+from distoptax.distributed.eager import eager_sgd
+from distoptax.distributed.eager import EagerSchedule
+from distoptax.distributed.eager import EagerSGDState
 from distoptax.distributed.federated import diloco
 from distoptax.distributed.federated import fedadagrad
 from distoptax.distributed.federated import fedadam
@@ -54,6 +58,15 @@ from distoptax.distributed.local_adaalter import local_adaalter
 from distoptax.distributed.local_sgd import local_sgd
 from distoptax.distributed.local_sgd import LocalSGDState
 from distoptax.distributed.local_sgd import STATE_POLICIES
+from distoptax.distributed.participation import client_sampling
+from distoptax.distributed.participation import deadline as deadline_participation
+from distoptax.distributed.participation import everyone
+from distoptax.distributed.participation import find_participants
+from distoptax.distributed.participation import partial_aggregate
+from distoptax.distributed.participation import PartialAggregateState
+from distoptax.distributed.participation import Participation
+from distoptax.distributed.participation import PARTICIPATION
+from distoptax.distributed.participation import scheduled
 from distoptax.distributed.powersgd import powersgd
 from distoptax.distributed.powersgd import PowerSGDState
 from distoptax.distributed.runtime import data_parallel
@@ -85,6 +98,8 @@ from distoptax.distributed.system_model import STRAGGLERS
 from distoptax.distributed.system_model import SystemModel
 from distoptax.distributed.system_model import TOPOLOGIES
 from distoptax.distributed.topologies import COLLECTIVES
+from distoptax.distributed.unreliable import rps
+from distoptax.distributed.unreliable import RPSState
 from distoptax.distributed.topologies import HierarchicalTopology
 from distoptax.distributed.topologies import make_topology
 from distoptax.distributed.topologies import ParameterServerTopology
@@ -184,4 +199,19 @@ __all__ = [
     "worker_axes",
     "worker_index",
     "worker_slice",
+    "EagerSGDState",
+    "EagerSchedule",
+    "PARTICIPATION",
+    "PartialAggregateState",
+    "Participation",
+    "RPSState",
+    "client_sampling",
+    "deadline_participation",
+    "eager_schedule",
+    "eager_sgd",
+    "everyone",
+    "find_participants",
+    "partial_aggregate",
+    "rps",
+    "scheduled",
 ]

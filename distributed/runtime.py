@@ -33,6 +33,7 @@ import optax
 
 from distoptax.distributed import comm_stats
 from distoptax.distributed.aggregate import find_selected
+from distoptax.distributed.participation import find_participants
 from distoptax.worker_axis import collectives
 from distoptax.worker_axis import replication
 
@@ -130,7 +131,10 @@ def data_parallel(
     it handed to all-reduce and all-gather collectives this step
     (``all_reduce_bytes``, ``all_gather_bytes``, summed over every
     ``CommStats`` in ``tx``'s state), ``selected`` when the aggregation rule
-    records which rows it kept (see ``find_selected``), plus ``aux``.
+    records which rows it kept (see ``find_selected``), ``participation``
+    (a ``[num_workers]`` mask, the same on every worker) when a partial
+    aggregate chose the step's participants (see ``find_participants``;
+    the trainer's clock charges compute to them only), plus ``aux``.
 
   Example:
     >>> import jax.numpy as jnp, optax
@@ -176,6 +180,9 @@ def data_parallel(
     selected = find_selected(opt_state)
     if selected is not None:
       metrics["selected"] = selected
+    participants = find_participants(opt_state)
+    if participants is not None:
+      metrics["participation"] = participants
     return state_type(state.step + 1, params, opt_state), metrics
 
   return WorkerStep(init, update, axis_name)

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from distoptax import distributed as dist
-from distoptax.distributed import eager_sgd as esgd
+from distoptax.distributed import eager as esgd
 from tests import helpers
 
 N = 8

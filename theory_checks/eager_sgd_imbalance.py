@@ -55,7 +55,7 @@ import numpy as np
 import optax
 
 from distoptax import distributed as dist
-from distoptax.distributed import eager_sgd as esgd
+from distoptax.distributed import eager as esgd
 from distoptax.experiments import datasets
 from distoptax.theory_checks import harness
 
