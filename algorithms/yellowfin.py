@@ -381,9 +381,9 @@ def yellowfin(
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
-    >>> from distoptax.algorithms import yellowfin as yf
+    >>> from distoptax.algorithms.yellowfin import yellowfin
     >>> h = jnp.array([1.0, 10.0])   # f(x) = sum(h x^2) / 2.
-    >>> tx = yf.yellowfin()
+    >>> tx = yellowfin()
     >>> x = jnp.array([1.0, 1.0])
     >>> state = tx.init(x)
     >>> for _ in range(400):

@@ -278,10 +278,11 @@ def bounded_delay(
   Example:
     >>> import jax.numpy as jnp, optax
     >>> from distoptax import distributed as dist
-    >>> from distoptax.distributed import bounded_delay as bd
+    >>> from distoptax.distributed.bounded_delay import (
+    ...     bounded_delay, gradient_at)
     >>> loss_fn = lambda w, b: 0.5 * jnp.sum((w - b) ** 2)
-    >>> tx = bd.bounded_delay(optax.sgd(0.5), 2, "constant")
-    >>> step = dist.data_parallel(loss_fn, tx, gradient_at=bd.gradient_at,
+    >>> tx = bounded_delay(optax.sgd(0.5), 2, "constant")
+    >>> step = dist.data_parallel(loss_fn, tx, gradient_at=gradient_at,
     ...                           replicated_params=True)
     >>> run = dist.simulate(step, num_workers=1)
     >>> state = run.init(jnp.zeros(1))

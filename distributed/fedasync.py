@@ -347,15 +347,16 @@ def fedasync(
   Example:
     >>> import jax, jax.numpy as jnp, optax
     >>> from distoptax import distributed as dist
-    >>> from distoptax.distributed import fedasync
+    >>> from distoptax.distributed.fedasync import (
+    ...     arrival_batches, clients, fedasync)
     >>> loss_fn = lambda w, b: 0.5 * jnp.sum((w - b) ** 2)
-    >>> server = fedasync.fedasync(0.5, "polynomial", max_staleness=2)
-    >>> step = fedasync.clients(loss_fn, server, optax.sgd(1.0))
+    >>> server = fedasync(0.5, "polynomial", max_staleness=2)
+    >>> step = clients(loss_fn, server, optax.sgd(1.0))
     >>> run = dist.simulate(step, num_workers=2)
     >>> state = run.init(jnp.zeros(1))
     >>> data = jnp.array([[[4.0]], [[8.0]]])   # One local step each.
     >>> for worker, stale in [(0, 0), (1, 1)]:
-    ...   state, _ = run.step(state, fedasync.arrival_batches(
+    ...   state, _ = run.step(state, arrival_batches(
     ...       data, worker, stale))
     >>> state.params   # 0 -> 2 (s(0) = 1); then 2 + 0.5 / sqrt(2) (8 - 2).
     Array([4.1213202], dtype=float32)
@@ -421,15 +422,16 @@ def fedbuff(
   Example:
     >>> import jax.numpy as jnp, optax
     >>> from distoptax import distributed as dist
-    >>> from distoptax.distributed import fedasync
+    >>> from distoptax.distributed.fedasync import (
+    ...     arrival_batches, clients, fedbuff)
     >>> loss_fn = lambda w, b: 0.5 * jnp.sum((w - b) ** 2)
-    >>> server = fedasync.fedbuff(1.0, 2, "constant", max_staleness=1)
-    >>> run = dist.simulate(fedasync.clients(loss_fn, server,
-    ...                                      optax.sgd(1.0)), num_workers=2)
+    >>> server = fedbuff(1.0, 2, "constant", max_staleness=1)
+    >>> run = dist.simulate(clients(loss_fn, server, optax.sgd(1.0)),
+    ...                     num_workers=2)
     >>> state = run.init(jnp.zeros(1))
     >>> data = jnp.array([[[4.0]], [[8.0]]])
     >>> for worker in (0, 1):
-    ...   state, _ = run.step(state, fedasync.arrival_batches(data, worker, 0))
+    ...   state, _ = run.step(state, arrival_batches(data, worker, 0))
     ...   print(state.params)
     [0.]
     [6.]
@@ -553,7 +555,9 @@ def clients(
   Example:
     >>> import jax, jax.numpy as jnp, optax
     >>> from distoptax import distributed as dist
-    >>> from distoptax.distributed import fedasync, stragglers, topologies
+    >>> from distoptax.distributed import stragglers, topologies
+    >>> from distoptax.distributed.fedasync import (
+    ...     clients, fedasync, schedule_batches)
     >>> clock = dist.Clock(   # Worker 1 computes 3x slower than worker 0.
     ...     stragglers.ComputeModel(2, 1.0, imbalance=(1, 3)),
     ...     topologies.ParameterServerTopology(2, bandwidth=1e9, latency=0.0))
@@ -562,12 +566,12 @@ def clients(
     >>> plan.worker, plan.staleness
     (array([0, 0, 0, 1], dtype=int32), array([0, 0, 0, 3], dtype=int32))
     >>> loss_fn = lambda w, b: 0.5 * jnp.sum((w - b) ** 2)
-    >>> server = fedasync.fedasync(0.5, "polynomial", max_staleness=4)
-    >>> run = dist.simulate(fedasync.clients(loss_fn, server, optax.sgd(0.5)),
+    >>> server = fedasync(0.5, "polynomial", max_staleness=4)
+    >>> run = dist.simulate(clients(loss_fn, server, optax.sgd(0.5)),
     ...                     num_workers=2)
     >>> state = run.init(jnp.zeros(1))
     >>> data = jnp.broadcast_to(jnp.array([[[1.0]], [[-1.0]]]), (4, 2, 1, 1))
-    >>> batches = fedasync.schedule_batches(data, plan)
+    >>> batches = schedule_batches(data, plan)
     >>> for t in range(4):
     ...   state, metrics = run.step(state, jax.tree.map(lambda a: a[t],
     ...                                                 batches))

@@ -8,7 +8,10 @@ import pytest
 
 from distoptax import algorithms as alg
 from distoptax import distributed as dist
-from distoptax.distributed import bounded_delay as bd
+from distoptax.distributed.bounded_delay import (
+    DELAY_POLICIES,
+    bounded_delay,
+    gradient_at)
 from tests import helpers
 
 NUM_WORKERS = 8
@@ -22,7 +25,7 @@ _GRAD = jax.jit(jax.grad(helpers.mlp_loss))
 
 
 def _runtime(tx, runtime="simulate", num_workers=NUM_WORKERS):
-  step = dist.data_parallel(helpers.mlp_loss, tx, gradient_at=bd.gradient_at,
+  step = dist.data_parallel(helpers.mlp_loss, tx, gradient_at=gradient_at,
                             replicated_params=True)
   if runtime == "simulate":
     return dist.simulate(step, num_workers)
@@ -63,7 +66,7 @@ def _close(a, b, **tol):
 
 
 def test_delay_zero_is_synchronous_sgd():
-  state, _ = _run(_runtime(bd.bounded_delay(optax.sgd(LR, 0.9), 0)))
+  state, _ = _run(_runtime(bounded_delay(optax.sgd(LR, 0.9), 0)))
   sync_tx = optax.chain(dist.aggregate(alg.aggregators.mean()),
                         optax.sgd(LR, 0.9))
   rt = dist.simulate(dist.data_parallel(helpers.mlp_loss, sync_tx),
@@ -77,14 +80,14 @@ def test_delay_zero_is_synchronous_sgd():
 POLICY_PARAMS = {"geometric": {"p": 0.05}}   # Draws beyond tau: clipped.
 
 
-@pytest.mark.parametrize("policy", sorted(bd.DELAY_POLICIES))
+@pytest.mark.parametrize("policy", sorted(DELAY_POLICIES))
 @pytest.mark.parametrize("inconsistent", [False, True])
 def test_cap_holds_and_gradients_are_taken_at_the_stale_reads(policy,
                                                               inconsistent):
   tau, steps = 3, 9
-  tx = bd.bounded_delay(optax.sgd(LR), tau, policy,
-                        policy_params=POLICY_PARAMS.get(policy),
-                        inconsistent_reads=inconsistent, seed=1)
+  tx = bounded_delay(optax.sgd(LR), tau, policy,
+                     policy_params=POLICY_PARAMS.get(policy),
+                     inconsistent_reads=inconsistent, seed=1)
   state, delays = _run(_runtime(tx, num_workers=4), steps=steps)
   for t, d in enumerate(delays):
     assert d.min() >= 0
@@ -97,7 +100,7 @@ def test_cap_holds_and_gradients_are_taken_at_the_stale_reads(policy,
 
 
 def test_farthest_policy_picks_the_farthest_stored_iterate():
-  tx = bd.bounded_delay(optax.sgd(LR), 4, "adversarial_farthest")
+  tx = bounded_delay(optax.sgd(LR), 4, "adversarial_farthest")
   state, delays = _run(_runtime(tx, num_workers=2), steps=9)
   history = _reference(delays, steps=9, num_workers=2)
   for t in range(1, 9):
@@ -109,8 +112,8 @@ def test_farthest_policy_picks_the_farthest_stored_iterate():
 
 
 def test_delays_are_reproducible_from_the_seed_and_differ_per_worker():
-  make = lambda seed: _runtime(bd.bounded_delay(optax.sgd(LR), 5, "uniform",
-                                               seed=seed))
+  make = lambda seed: _runtime(bounded_delay(optax.sgd(LR), 5, "uniform",
+                                            seed=seed))
   rt = make(0)
   _, a = _run(rt, steps=6)
   _, b = _run(rt, steps=6)
@@ -121,8 +124,8 @@ def test_delays_are_reproducible_from_the_seed_and_differ_per_worker():
 
 
 def test_block_coordinate_writes_one_own_block_per_worker_with_momentum():
-  tx = bd.bounded_delay(optax.sgd(LR, momentum=0.9), 2, "uniform",
-                        block_coordinate=True, seed=3)
+  tx = bounded_delay(optax.sgd(LR, momentum=0.9), 2, "uniform",
+                     block_coordinate=True, seed=3)
   rt = _runtime(tx, num_workers=2)
   state = rt.init(PARAMS)
   names = sorted(PARAMS)   # Leaves b1, w1, w2: worker 0 owns b1 and w2.
@@ -145,7 +148,7 @@ def test_block_coordinate_writes_one_own_block_per_worker_with_momentum():
     dict(policy="adversarial_farthest"),
     dict(policy="geometric", block_coordinate=True)])
 def test_simulate_equals_on_mesh(options):
-  make = lambda: bd.bounded_delay(optax.sgd(LR, momentum=0.5), 3, **options)
+  make = lambda: bounded_delay(optax.sgd(LR, momentum=0.5), 3, **options)
   sim, d_sim = _run(_runtime(make()), steps=6)
   mesh, d_mesh = _run(_runtime(make(), "mesh"), steps=6)
   np.testing.assert_array_equal(np.stack(d_sim), np.stack(d_mesh))
@@ -156,7 +159,7 @@ def test_simulate_equals_on_mesh(options):
 
 @pytest.mark.parametrize("tau", [0, 3])
 def test_ring_buffer_holds_tau_plus_one_iterates(tau):
-  state = _runtime(bd.bounded_delay(optax.sgd(LR), tau)).init(PARAMS)
+  state = _runtime(bounded_delay(optax.sgd(LR), tau)).init(PARAMS)
   for leaf, p in zip(jax.tree.leaves(state.opt_state.iterates),
                      jax.tree.leaves(PARAMS)):
     assert leaf.shape == (tau + 1,) + p.shape
@@ -164,16 +167,16 @@ def test_ring_buffer_holds_tau_plus_one_iterates(tau):
 
 def test_bad_arguments():
   with pytest.raises(ValueError, match="max_delay must be an int >= 0; got -1"):
-    bd.bounded_delay(optax.sgd(LR), -1)
+    bounded_delay(optax.sgd(LR), -1)
   with pytest.raises(TypeError, match="max_delay must be an int"):
-    bd.bounded_delay(optax.sgd(LR), 2.0)
+    bounded_delay(optax.sgd(LR), 2.0)
   with pytest.raises(ValueError, match="unknown delay policy 'poisson'"):
-    bd.bounded_delay(optax.sgd(LR), 2, "poisson")
+    bounded_delay(optax.sgd(LR), 2, "poisson")
   with pytest.raises(ValueError, match=r"p must lie in \(0, 1\]; got 0"):
-    bd.bounded_delay(optax.sgd(LR), 2, "geometric", policy_params={"p": 0})
+    bounded_delay(optax.sgd(LR), 2, "geometric", policy_params={"p": 0})
   with pytest.raises(ValueError, match="constant delay .* got 5"):
-    bd.bounded_delay(optax.sgd(LR), 2, "constant", policy_params={"delay": 5})
+    bounded_delay(optax.sgd(LR), 2, "constant", policy_params={"delay": 5})
   with pytest.raises(ValueError, match="unknown"):
-    bd.bounded_delay(optax.sgd(LR), 2, "uniform", policy_params={"p": 0.1})
+    bounded_delay(optax.sgd(LR), 2, "uniform", policy_params={"p": 0.1})
   with pytest.raises(TypeError, match="inner must be an optax"):
-    bd.bounded_delay(lambda g: g, 2)
+    bounded_delay(lambda g: g, 2)

@@ -10,7 +10,13 @@ import pytest
 
 from distoptax import distributed as dist
 from distoptax.algorithms import local as local_math
-from distoptax.distributed import fedasync
+from distoptax.distributed.fedasync import (
+    STALENESS_FUNCTIONS,
+    arrival_batches,
+    clients,
+    fedasync,
+    fedbuff,
+    staleness_function)
 from tests import helpers
 
 NUM_WORKERS = 8
@@ -43,8 +49,8 @@ def _schedule(events, seed=0):
 
 
 def _runtime(server, runtime="simulate", rho=0.0, buffer_size=1):
-  step = fedasync.clients(helpers.mlp_loss, server, optax.sgd(LR),
-                          proximal_rho=rho, buffer_size=buffer_size)
+  step = clients(helpers.mlp_loss, server, optax.sgd(LR),
+                 proximal_rho=rho, buffer_size=buffer_size)
   if runtime == "simulate":
     return dist.simulate(step, NUM_WORKERS)
   return dist.on_mesh(step, jax.make_mesh((8,), (dist.WORKERS,)),
@@ -56,8 +62,8 @@ def _run(rt, workers, staleness, seed=0):
   data = _data(seed, events=len(workers))
   metrics = []
   for t, (w, s) in enumerate(zip(workers, staleness)):
-    batch = fedasync.arrival_batches(jax.tree.map(lambda a: a[t], data),
-                                     int(w), int(s))
+    batch = arrival_batches(jax.tree.map(lambda a: a[t], data),
+                            int(w), int(s))
     state, m = rt.step(state, batch)
     metrics.append(jax.tree.map(np.asarray, m))
   return state, metrics
@@ -122,7 +128,7 @@ def _clock_plan(events=12):
 
 def test_alpha_one_zero_staleness_is_sequential_sgd_over_clients():
   workers = [3, 0, 5, 5, 1, 7]
-  state, _ = _run(_runtime(fedasync.fedasync(1.0, max_staleness=4)),
+  state, _ = _run(_runtime(fedasync(1.0, max_staleness=4)),
                   workers, [0] * len(workers))
   data = _data(0, events=len(workers))
   x = PARAMS
@@ -133,7 +139,7 @@ def test_alpha_one_zero_staleness_is_sequential_sgd_over_clients():
 
 def test_max_staleness_zero_makes_the_buffer_inert():
   workers = [1, 2, 3, 4, 5]
-  server = fedasync.fedasync(0.6, "polynomial", max_staleness=0)
+  server = fedasync(0.6, "polynomial", max_staleness=0)
   stale, _ = _run(_runtime(server), workers, [0, 1, 2, 3, 4])
   fresh, _ = _run(_runtime(server), workers, [0] * 5)
   _close(stale.params, fresh.params, rtol=0, atol=0)
@@ -143,11 +149,11 @@ def test_max_staleness_zero_makes_the_buffer_inert():
 
 def test_fedbuff_with_buffer_one_and_rate_one_zero_staleness_is_sequential():
   workers = [2, 6, 6, 0]
-  server = fedasync.fedbuff(1.0, 1, "constant", max_staleness=2)
+  server = fedbuff(1.0, 1, "constant", max_staleness=2)
   state, _ = _run(_runtime(server), workers, [0] * 4)
   _close(state.params,
          _reference(workers, [0] * 4, mix=1.0,
-                    weight_fn=fedasync.staleness_function("constant"),
+                    weight_fn=staleness_function("constant"),
                     max_staleness=2))
 
 
@@ -155,14 +161,14 @@ def test_fedbuff_with_buffer_one_and_rate_one_zero_staleness_is_sequential():
 # Against the written-out reference, with the clock's arrivals.
 
 
-@pytest.mark.parametrize("name", sorted(fedasync.STALENESS_FUNCTIONS))
+@pytest.mark.parametrize("name", sorted(STALENESS_FUNCTIONS))
 def test_fedasync_matches_reference_under_clock_arrivals(name):
   workers, staleness = _clock_plan()
   assert staleness.max() > 3   # The schedule really is stale.
-  server = fedasync.fedasync(0.8, name, max_staleness=3)
+  server = fedasync(0.8, name, max_staleness=3)
   state, metrics = _run(_runtime(server, rho=0.5), workers, staleness)
   expected = _reference(workers, staleness, mix=0.8,
-                        weight_fn=fedasync.staleness_function(name),
+                        weight_fn=staleness_function(name),
                         max_staleness=3, rho=0.5)
   _close(state.params, expected)
   capped = int(np.sum(np.asarray(staleness) > 3))
@@ -176,24 +182,24 @@ def test_fedasync_matches_reference_under_clock_arrivals(name):
 @pytest.mark.parametrize("buffer_size", [1, 3])
 def test_fedbuff_matches_reference_under_clock_arrivals(buffer_size):
   workers, staleness = _clock_plan()
-  server = fedasync.fedbuff(1.0, buffer_size, max_staleness=4)
+  server = fedbuff(1.0, buffer_size, max_staleness=4)
   state, _ = _run(_runtime(server, buffer_size=buffer_size), workers,
                   staleness)
   expected = _reference(workers, staleness, mix=None,
-                        weight_fn=fedasync.staleness_function("polynomial"),
+                        weight_fn=staleness_function("polynomial"),
                         max_staleness=4, buffer_size=buffer_size)
   _close(state.params, expected)
   assert int(state.opt_state.version) == len(workers) // buffer_size
 
 
 def test_fedbuff_steps_only_every_k_arrivals():
-  server = fedasync.fedbuff(1.0, 3, max_staleness=2)
+  server = fedbuff(1.0, 3, max_staleness=2)
   rt = _runtime(server, buffer_size=3)
   state = rt.init(PARAMS)
   data = _data(5)
   before = jax.tree.map(np.asarray, state.params)
   for t in range(3):
-    state, _ = rt.step(state, fedasync.arrival_batches(data, t, 0))
+    state, _ = rt.step(state, arrival_batches(data, t, 0))
     changed = not all(np.array_equal(a, np.asarray(b)) for a, b in zip(
         jax.tree.leaves(before), jax.tree.leaves(state.params)))
     assert changed == (t == 2)
@@ -201,13 +207,13 @@ def test_fedbuff_steps_only_every_k_arrivals():
 
 
 def test_only_the_arriving_worker_counts():
-  server = fedasync.fedasync(0.5, "hinge", max_staleness=2)
+  server = fedasync(0.5, "hinge", max_staleness=2)
   rt = _runtime(server)
   data = _data(1)
   other = jax.tree.map(lambda a: a.copy(), data)
   other[0][np.arange(NUM_WORKERS) != 4] = 1e3   # Everyone else: garbage.
-  a, _ = rt.step(rt.init(PARAMS), fedasync.arrival_batches(data, 4, 0))
-  b, m = rt.step(rt.init(PARAMS), fedasync.arrival_batches(other, 4, 0))
+  a, _ = rt.step(rt.init(PARAMS), arrival_batches(data, 4, 0))
+  b, m = rt.step(rt.init(PARAMS), arrival_batches(other, 4, 0))
   _close(a.params, b.params, rtol=0, atol=0)
   param_bytes = sum(4 * x.size for x in jax.tree.leaves(PARAMS))
   np.testing.assert_array_equal(m["all_reduce_bytes"], param_bytes + 8)
@@ -221,10 +227,10 @@ def test_only_the_arriving_worker_counts():
 def test_simulate_equals_on_mesh(kind):
   workers, staleness = _clock_plan()
   if kind == "fedasync":
-    make = lambda: fedasync.fedasync(0.7, "polynomial", max_staleness=3)
+    make = lambda: fedasync(0.7, "polynomial", max_staleness=3)
     k = 1
   else:
-    make = lambda: fedasync.fedbuff(0.9, 2, max_staleness=3)
+    make = lambda: fedbuff(0.9, 2, max_staleness=3)
     k = 2
   sim, _ = _run(_runtime(make(), buffer_size=k), workers, staleness)
   mesh, _ = _run(_runtime(make(), "mesh", buffer_size=k), workers,
@@ -238,7 +244,7 @@ def test_simulate_equals_on_mesh(kind):
 
 @pytest.mark.parametrize("max_staleness", [0, 4, 16])
 def test_ring_buffer_holds_k_plus_one_models_and_no_more(max_staleness):
-  state = _runtime(fedasync.fedasync(0.5, max_staleness=max_staleness)).init(
+  state = _runtime(fedasync(0.5, max_staleness=max_staleness)).init(
       PARAMS)
   server = state.opt_state
   for leaf, p in zip(jax.tree.leaves(server.models), jax.tree.leaves(PARAMS)):
@@ -248,7 +254,7 @@ def test_ring_buffer_holds_k_plus_one_models_and_no_more(max_staleness):
   others = [x for x in jax.tree.leaves(server._replace(models=()))
             if id(x) not in comm]
   assert sum(np.size(x) for x in others) < model_size   # Counters only.
-  buff = _runtime(fedasync.fedbuff(1.0, 2, max_staleness=max_staleness),
+  buff = _runtime(fedbuff(1.0, 2, max_staleness=max_staleness),
                   buffer_size=2).init(PARAMS).opt_state
   assert sum(np.size(x) for x in jax.tree.leaves(buff.buffer)) == model_size
 
@@ -260,12 +266,12 @@ def test_ring_buffer_holds_k_plus_one_models_and_no_more(max_staleness):
 def test_staleness_functions_follow_the_papers_formulas():
   u = jnp.arange(8)
   np.testing.assert_allclose(
-      fedasync.staleness_function("polynomial", a=0.5)(u),
+      staleness_function("polynomial", a=0.5)(u),
       1 / np.sqrt(np.arange(8) + 1.0), rtol=1e-6)
-  hinge = np.asarray(fedasync.staleness_function("hinge", a=10.0, b=4)(u))
+  hinge = np.asarray(staleness_function("hinge", a=10.0, b=4)(u))
   np.testing.assert_allclose(
       hinge, [1, 1, 1, 1, 1, 1 / 11, 1 / 21, 1 / 31], rtol=1e-6)
-  np.testing.assert_array_equal(fedasync.staleness_function("constant")(u),
+  np.testing.assert_array_equal(staleness_function("constant")(u),
                                 np.ones(8))
 
 
@@ -278,29 +284,30 @@ def test_staleness_functions_follow_the_papers_formulas():
 ])
 def test_bad_staleness_functions(name, params, match):
   with pytest.raises(ValueError, match=match):
-    fedasync.staleness_function(name, **params)
+    staleness_function(name, **params)
 
 
 def test_bad_arguments():
   with pytest.raises(ValueError, match=r"alpha must lie in \(0, 1\]; got 1.5"):
-    fedasync.fedasync(1.5, max_staleness=2)
+    fedasync(1.5, max_staleness=2)
   with pytest.raises(ValueError, match="max_staleness must be an int >= 0"):
-    fedasync.fedasync(0.5, max_staleness=-1)
-  with pytest.raises(ValueError, match="buffer_size must be an int >= 1; got 0"):
-    fedasync.fedbuff(1.0, 0, max_staleness=2)
+    fedasync(0.5, max_staleness=-1)
+  with pytest.raises(ValueError,
+                     match="buffer_size must be an int >= 1; got 0"):
+    fedbuff(1.0, 0, max_staleness=2)
   with pytest.raises(TypeError, match="buffer_size must be an int"):
-    fedasync.fedbuff(1.0, 2.0, max_staleness=2)
+    fedbuff(1.0, 2.0, max_staleness=2)
   with pytest.raises(ValueError, match="server_learning_rate"):
-    fedasync.fedbuff(0.0, 2, max_staleness=2)
+    fedbuff(0.0, 2, max_staleness=2)
   with pytest.raises(TypeError, match="staleness_fn"):
-    fedasync.fedasync(0.5, 3, max_staleness=2)
+    fedasync(0.5, 3, max_staleness=2)
   with pytest.raises(ValueError, match="mu must be a finite number >= 0"):
-    fedasync.clients(helpers.mlp_loss, fedasync.fedasync(0.5, max_staleness=1),
-                     optax.sgd(0.1), proximal_rho=-1.0)
+    clients(helpers.mlp_loss, fedasync(0.5, max_staleness=1),
+            optax.sgd(0.1), proximal_rho=-1.0)
 
 
 def test_update_without_arrival_is_refused():
-  tx = fedasync.fedasync(0.5, max_staleness=1)
+  tx = fedasync(0.5, max_staleness=1)
   state = jax.vmap(tx.init, axis_name=dist.WORKERS, axis_size=2)(
       jnp.zeros((2, 3)))
   with pytest.raises(ValueError, match="staleness= .* arrival="):

@@ -7,8 +7,13 @@ import optax
 import pytest
 
 from distoptax import distributed as dist
-from distoptax.algorithms import yellowfin as yf
-from distoptax.distributed import bounded_delay as bd
+from distoptax.algorithms.yellowfin import (
+    Estimates,
+    estimates,
+    scale_by_yellowfin,
+    single_step,
+    yellowfin)
+from distoptax.distributed.bounded_delay import bounded_delay, gradient_at
 
 EPS = 1e-6
 
@@ -84,7 +89,7 @@ def _run_tx(tx, h, noise, x0):
 @pytest.mark.parametrize("beta, width", [(0.999, 20), (0.9, 5)])
 def test_estimators_match_numpy_transcription(beta, width):
   h, noise = _noisy_quadratic(60)
-  tx = yf.scale_by_yellowfin(beta, width)
+  tx = scale_by_yellowfin(beta, width)
   x = jnp.ones(4)
   state = tx.init(x)
   update = jax.jit(tx.update)
@@ -94,7 +99,7 @@ def test_estimators_match_numpy_transcription(beta, width):
     grads.append(np.asarray(g))
     u, state = update(g, state, x)
     x = x - u
-    est = yf.estimates(state, beta)
+    est = estimates(state, beta)
     rows.append([est.h_min, est.h_max, est.variance, est.distance,
                  state.momentum, state.learning_rate])
     velocities.append(np.asarray(state.velocity))
@@ -115,12 +120,12 @@ def test_curvature_range_recovers_a_known_range():
   levels = np.array([0.5, 2.0, 8.0])
   grads = [np.sqrt(levels[t % 3]) * np.eye(3, dtype=np.float32)[t % 3]
            for t in range(400)]
-  tx = yf.scale_by_yellowfin(beta=0.9, curvature_window=6)
+  tx = scale_by_yellowfin(beta=0.9, curvature_window=6)
   state = tx.init(jnp.zeros(3))
   update = jax.jit(tx.update)
   for g in grads:
     _, state = update(jnp.asarray(g), state, jnp.zeros(3))
-  est = yf.estimates(state, 0.9)
+  est = estimates(state, 0.9)
   np.testing.assert_allclose([est.h_min, est.h_max], [0.5, 8.0], rtol=1e-4)
   # Means of the three unit directions: C = E|g|^2 - |E g|^2.
   mean_sq = levels.mean()
@@ -133,10 +138,10 @@ def test_single_step_solves_the_one_step_problem():
   rng = np.random.default_rng(0)
   for _ in range(20):
     h_min = rng.uniform(0.1, 2.0)
-    est = yf.Estimates(jnp.float32(h_min), jnp.float32(h_min * 1.0001),
-                       jnp.float32(rng.uniform(0.01, 10)),
-                       jnp.float32(rng.uniform(0.1, 5)))
-    mu, lr = yf.single_step(est)
+    est = Estimates(jnp.float32(h_min), jnp.float32(h_min * 1.0001),
+                    jnp.float32(rng.uniform(0.01, 10)),
+                    jnp.float32(rng.uniform(0.1, 5)))
+    mu, lr = single_step(est)
     xs = np.linspace(0, 0.999, 200001)
     objective = xs ** 2 * float(est.distance) ** 2 + (
         (1 - xs) ** 4 * float(est.variance) / h_min ** 2)
@@ -147,15 +152,15 @@ def test_single_step_solves_the_one_step_problem():
 
 
 def test_momentum_respects_the_robust_region():
-  est = yf.Estimates(jnp.float32(1.0), jnp.float32(100.0),
-                     jnp.float32(1e-12), jnp.float32(1.0))
-  mu, _ = yf.single_step(est)
+  est = Estimates(jnp.float32(1.0), jnp.float32(100.0),
+                  jnp.float32(1e-12), jnp.float32(1.0))
+  mu, _ = single_step(est)
   np.testing.assert_allclose(float(mu), (9 / 11) ** 2, rtol=1e-5)
 
 
 def test_closed_loop_measures_the_algorithmic_momentum_when_synchronous():
   h, noise = _noisy_quadratic(80, seed=1)
-  tx = yf.yellowfin(closed_loop=True)
+  tx = yellowfin(closed_loop=True)
   x = jnp.ones(4)
   state = tx.init(x)
   update = jax.jit(tx.update)
@@ -175,10 +180,10 @@ def _stale_run(gain, steps=300, dim=4):
   """YellowFin (closed loop with ``gain``) inside bounded delay 4."""
   h = jnp.linspace(0.5, 10.0, dim)
   loss = lambda x, xi: 0.5 * jnp.sum(h * x ** 2) + 0.001 * jnp.sum(xi * x)
-  tx = bd.bounded_delay(yf.yellowfin(closed_loop=True, closed_loop_gain=gain),
-                        4, "constant")
+  tx = bounded_delay(yellowfin(closed_loop=True, closed_loop_gain=gain),
+                     4, "constant")
   step = dist.data_parallel(
-      loss, tx, gradient_at=bd.gradient_at, replicated_params=True,
+      loss, tx, gradient_at=gradient_at, replicated_params=True,
       extra_args=lambda s: {"current_grads": h * s.params})
   rt = dist.simulate(step, 1)
   state = rt.init(jnp.ones(dim))
@@ -214,9 +219,9 @@ def test_inside_bounded_delay_simulate_equals_on_mesh():
   loss = lambda x, xi: 0.5 * jnp.sum(h * x ** 2) + 0.1 * jnp.sum(xi * x)
 
   def runtime(kind):
-    tx = bd.bounded_delay(yf.yellowfin(closed_loop=True), 2, "uniform")
+    tx = bounded_delay(yellowfin(closed_loop=True), 2, "uniform")
     step = dist.data_parallel(
-        loss, tx, gradient_at=bd.gradient_at, replicated_params=True,
+        loss, tx, gradient_at=gradient_at, replicated_params=True,
         extra_args=lambda s: {"current_grads": h * s.params})
     if kind == "simulate":
       return dist.simulate(step, 8)
@@ -239,13 +244,13 @@ def test_inside_bounded_delay_simulate_equals_on_mesh():
 
 def test_bad_arguments():
   with pytest.raises(ValueError, match=r"beta must lie in \(0, 1\); got 1.0"):
-    yf.scale_by_yellowfin(beta=1.0)
+    scale_by_yellowfin(beta=1.0)
   with pytest.raises(ValueError, match="curvature_window must be an int"):
-    yf.scale_by_yellowfin(curvature_window=0)
+    scale_by_yellowfin(curvature_window=0)
   with pytest.raises(ValueError, match="closed_loop_gain"):
-    yf.yellowfin(closed_loop=True, closed_loop_gain=0.0)
+    yellowfin(closed_loop=True, closed_loop_gain=0.0)
   with pytest.raises(ValueError, match="initial_momentum"):
-    yf.scale_by_yellowfin(initial_momentum=1.0)
-  tx = yf.yellowfin(closed_loop=True)
+    scale_by_yellowfin(initial_momentum=1.0)
+  tx = yellowfin(closed_loop=True)
   with pytest.raises(ValueError, match="needs params"):
     tx.update(jnp.ones(2), tx.init(jnp.ones(2)))

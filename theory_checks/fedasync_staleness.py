@@ -29,7 +29,7 @@ picks a stored model uniformly at random), and the server mixes with
 :math:`\alpha = 0.8` (their default). The arrivals come from a numpy
 generator seeded by ``(seed, K)``: the same for every staleness function
 (common random numbers). The run goes through the library:
-``distributed.fedasync.clients`` over ``fedasync.fedasync(alpha, s,
+``distributed.fedasync.clients`` over ``fedasync(alpha, s,
 max_staleness=K)`` under ``dist.simulate``, in a ``lax.scan`` over events,
 ``vmap``-ed over seeds.
 
@@ -48,7 +48,11 @@ import numpy as np
 import optax
 
 from distoptax import distributed as dist
-from distoptax.distributed import fedasync
+from distoptax.distributed.fedasync import (
+    arrival_batches,
+    clients,
+    fedasync,
+    staleness_function)
 from distoptax.theory_checks import harness
 
 NAME = "fedasync_staleness"
@@ -142,7 +146,7 @@ def make_problem(config: Config) -> dict[str, np.ndarray]:
 def _staleness_fn(config: Config, name: str):
   params = {"polynomial": {"a": config.polynomial_a},
             "hinge": {"a": config.hinge_a, "b": config.hinge_b}}
-  return fedasync.staleness_function(name, **params.get(name, {}))
+  return staleness_function(name, **params.get(name, {}))
 
 
 def arrivals(config: Config, k: int, seed: int
@@ -168,9 +172,9 @@ def gap_curves(config: Config, problem: dict[str, np.ndarray], name: str,
   def objective(w):
     return 0.5 * jnp.mean((jnp.einsum("nmd,d->nm", xs, w) - ys) ** 2)
 
-  server = fedasync.fedasync(config.alpha, _staleness_fn(config, name),
-                             max_staleness=k)
-  runtime = dist.simulate(fedasync.clients(
+  server = fedasync(config.alpha, _staleness_fn(config, name),
+                    max_staleness=k)
+  runtime = dist.simulate(clients(
       loss_fn, server, optax.sgd(config.learning_rate),
       proximal_rho=config.rho), n)
   state = runtime.init(jnp.zeros(config.dim, jnp.float32))
@@ -179,7 +183,7 @@ def gap_curves(config: Config, problem: dict[str, np.ndarray], name: str,
 
   def one_seed(workers, staleness):
     def body(s, event):
-      s, _ = runtime.step(s, fedasync.arrival_batches(data, *event))
+      s, _ = runtime.step(s, arrival_batches(data, *event))
       return s, objective(s.params) - f_star
     return jax.lax.scan(body, state, (workers, staleness))[1]
 

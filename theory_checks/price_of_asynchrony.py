@@ -47,7 +47,10 @@ import numpy as np
 import optax
 
 from distoptax import distributed as dist
-from distoptax.distributed import bounded_delay as bd
+from distoptax.distributed.bounded_delay import (
+    KEY_NAME,
+    bounded_delay,
+    gradient_at)
 from distoptax.theory_checks import harness
 from distoptax.worker_axis import keys
 
@@ -128,13 +131,13 @@ def gap_curves(config: Config, policy: str, tau: int) -> np.ndarray:
   lams = jnp.linspace(config.lambda_min, 1.0, config.dim)
   tau_run = 0 if config.ignore_delay else tau
   params = ({"p": config.geometric_p} if policy == "geometric" else None)
-  tx = bd.bounded_delay(optax.sgd(config.learning_rate), tau_run, policy,
-                        policy_params=params)
-  step = dist.data_parallel(_loss_fn(lams), tx, gradient_at=bd.gradient_at,
+  tx = bounded_delay(optax.sgd(config.learning_rate), tau_run, policy,
+                     policy_params=params)
+  step = dist.data_parallel(_loss_fn(lams), tx, gradient_at=gradient_at,
                             replicated_params=True)
   runtime = dist.simulate(step, 1)
   state = runtime.init(jnp.full((config.dim,), 3.0))
-  seed_keys = jnp.stack([keys.transform_key(s, bd.KEY_NAME)
+  seed_keys = jnp.stack([keys.transform_key(s, KEY_NAME)
                          for s in range(config.num_seeds)])
   noise = np.random.default_rng(0).normal(
       size=(config.num_seeds, config.num_steps, 1, config.dim)

@@ -48,8 +48,8 @@ import numpy as np
 import optax
 
 from distoptax import distributed as dist
-from distoptax.algorithms import yellowfin as yf
-from distoptax.distributed import bounded_delay as bd
+from distoptax.algorithms.yellowfin import yellowfin
+from distoptax.distributed.bounded_delay import bounded_delay, gradient_at
 from distoptax.experiments import datasets
 from distoptax.theory_checks import harness
 
@@ -128,9 +128,9 @@ def loss_curves(config: Config, data: datasets.Dataset,
                 inner: optax.GradientTransformation) -> np.ndarray:
   """MNIST: full training loss every ``eval_every`` steps, ``[seeds, n]``."""
   x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-  tx = bd.bounded_delay(inner, 0, "constant")
+  tx = bounded_delay(inner, 0, "constant")
   runtime = dist.simulate(dist.data_parallel(
-      _loss, tx, gradient_at=bd.gradient_at, replicated_params=True), 1)
+      _loss, tx, gradient_at=gradient_at, replicated_params=True), 1)
   params = {"w": jnp.zeros((x.shape[1], 10)), "b": jnp.zeros(10)}
   state = runtime.init(params)
   points = config.num_steps // config.eval_every
@@ -160,10 +160,10 @@ def quadratic_gaps(config: Config, gain: float) -> np.ndarray:
   def loss(x, xi):
     return 0.5 * jnp.sum(h * x ** 2) + config.noise * jnp.sum(xi * x)
 
-  tx = bd.bounded_delay(yf.yellowfin(closed_loop=True, closed_loop_gain=gain),
-                        config.delay, "constant")
+  tx = bounded_delay(yellowfin(closed_loop=True, closed_loop_gain=gain),
+                     config.delay, "constant")
   step = dist.data_parallel(
-      loss, tx, gradient_at=bd.gradient_at, replicated_params=True,
+      loss, tx, gradient_at=gradient_at, replicated_params=True,
       extra_args=lambda s: {"current_grads": h * s.params})
   runtime = dist.simulate(step, 1)
   state = runtime.init(jnp.ones(config.dim))
@@ -223,7 +223,7 @@ def run(*, quick: bool = False, seeds: int | None = None,
     curves[f"sgd lr={lr:g} mu={mu:g}"] = loss_curves(
         config, data, optax.sgd(lr, mu or None))
   meter.point("MNIST-5k, YellowFin")
-  curves["yellowfin"] = loss_curves(config, data, yf.yellowfin())
+  curves["yellowfin"] = loss_curves(config, data, yellowfin())
   meter.point(f"noisy quadratic, open-loop YellowFin, delay {config.delay}")
   quad = {"open_stale": quadratic_gaps(config, 1e-12)}
   meter.point(f"noisy quadratic, closed-loop YellowFin, delay "
