@@ -18,16 +18,18 @@ synchronise every ``period`` steps through ``distributed.local_sgd``:
 
 The aggregation rule, compressor and attack of the configuration apply to
 the synced pseudo-gradients. The test metrics of a local algorithm are
-those of the global model of the last sync (CSER: of the workers' mean
-model, as the authors evaluate it).
+those of the global model of the last sync (CSER and RPS: of the workers' mean
+model).
 """
 
 import dataclasses
+import functools
 import types
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from distoptax import distributed as dist
@@ -50,6 +52,11 @@ class Pieces:
       it.
     attack: the Byzantine workers' update attack, or ``None``.
     seed: the seed of the synchronising transform's key stream.
+    clock: the run's simulated clock (``trainer.system_model``).
+    initial_params: ``initial_params()``, the model the run starts from
+      (called only by the algorithms that size a schedule by it).
+    shard_sizes: ``shard_sizes()``, each worker's number of training
+      examples under the partition (called only when needed).
   """
 
   optimizer: optax.GradientTransformation
@@ -57,6 +64,28 @@ class Pieces:
   exchange: Callable[[], optax.GradientTransformation]
   attack: optax.GradientTransformation | None
   seed: int
+  clock: dist.Clock
+  initial_params: Callable[[], Any]
+  shard_sizes: Callable[[], np.ndarray]
+
+
+class Timing(NamedTuple):
+  """How a run's steps advance its simulated clock (host side).
+
+  Attributes:
+    init: ``init() -> ClockState``, the clock before the first step.
+    advance: ``advance(state, t, metrics) -> ClockState``, the clock after
+      step ``t`` (0-based) from the one before it; ``metrics`` are the
+      step's host metrics (``comm``: its round records, ``participation``
+      when reported). It checks that the step ran what the model priced.
+    seconds: ``seconds(state, t) -> float``, the run's simulated seconds
+      after ``t`` steps, ``state`` the clock after them.
+  """
+
+  init: Callable[[], dist.ClockState]
+  advance: Callable[[dist.ClockState, int, Mapping[str, Any]],
+                    dist.ClockState]
+  seconds: Callable[[dist.ClockState, int], float]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,12 +100,24 @@ class Algorithm:
     model_of: ``model_of(state) -> params``, the model the run evaluates;
       default: the synchronous model, or the global model of the last
       sync of ``local_sgd``.
+    timing: the clock of the run's system model; default (``None``): one
+      synchronous step of the participants, then the step's recorded
+      rounds (``trainer.clock_step``).
+    step_metrics: ``step_metrics(opt_state) -> dict`` of per-worker arrays
+      added to each step's metrics (traced, inside the step).
+    log_metrics: ``log_metrics(steps, rows) -> dict``, the figures of a
+      logged line from its steps (a ``range`` of 0-based indices) and their
+      host metrics.
   """
 
   tx: optax.GradientTransformation
   replicated_params: bool
   needs_time: bool = False
   model_of: Callable[[Any], Any] | None = None
+  timing: Timing | None = None
+  step_metrics: Callable[[Any], dict[str, Any]] | None = None
+  log_metrics: Callable[[range, list[dict[str, Any]]],
+                        dict[str, Any]] | None = None
 
 
 def _sgd(config: TrainConfig) -> optax.GradientTransformation:
@@ -142,11 +183,13 @@ def _needs_plain_communication(config: TrainConfig, pieces: Pieces) -> tuple:
 
 
 def _sync(config: TrainConfig, pieces: Pieces) -> Algorithm:
-  del config
+  partial = PARTICIPATIONS[config.participation](config, pieces)
+  exchange = pieces.exchange() if partial is None else partial.exchange
   tx = optax.chain(
       *(() if pieces.attack is None else (pieces.attack,)),
-      pieces.exchange(), dist.replicated(pieces.optimizer))
-  return Algorithm(tx, replicated_params=True)
+      exchange, dist.replicated(pieces.optimizer))
+  return Algorithm(tx, replicated_params=True,
+                   timing=None if partial is None else partial.timing)
 
 
 def _local_sgd(config: TrainConfig, pieces: Pieces) -> Algorithm:
@@ -219,6 +262,295 @@ def _cser(config: TrainConfig, pieces: Pieces) -> Algorithm:
   return Algorithm(tx, replicated_params=False, model_of=_mean_model)
 
 
+def _same_rounds(recorded: Sequence[dist.Round],
+                 expected: Sequence[dist.Round]) -> bool:
+  """Whether two lists of rounds agree in kind, bytes, participants, tier."""
+
+  def key(r: dist.Round) -> tuple:
+    who = None if r.participants is None else tuple(
+        np.asarray(r.participants, bool).tolist())
+    return r.kind, int(r.bytes), who, r.tier
+
+  return [key(r) for r in recorded] == [key(r) for r in expected]
+
+
+def _mismatch(what: str, t: int, recorded: Any, expected: Any) -> None:
+  """Raises: the step ran other than its system model priced it."""
+  raise RuntimeError(
+      f"{what} of step {t + 1} differ from the system model's schedule "
+      f"(ran {recorded!r}, priced {expected!r}); the schedule was made for "
+      "another model or configuration")
+
+
+def probe_rounds(tx: optax.GradientTransformation, params: Any,
+                 num_workers: int) -> list[dist.Round]:
+  """The rounds one update of ``tx`` runs, each over every worker.
+
+  One ``init`` and ``update`` of ``tx`` on zero gradients, vmapped over
+  ``num_workers`` workers; the round records (kind and bytes: static
+  shapes) are what every later step of the same model records.
+
+  Args:
+    tx: a communicating transformation (its first update is probed).
+    params: the model (its shapes and dtypes).
+    num_workers: ``n``.
+
+  Returns:
+    The :class:`~distoptax.distributed.Round` records, ``participants``
+    ``None``.
+  """
+  zeros = jax.tree.map(jnp.zeros_like, params)
+
+  def step(g):
+    return tx.update(g, tx.init(g), g)[1]
+
+  state = jax.vmap(step, in_axes=None, axis_size=num_workers,
+                   axis_name=dist.WORKERS)(zeros)
+  return [r._replace(participants=None) for r in dist.clock_rounds(state)]
+
+
+def _needs_plain_exchange(config: TrainConfig, pieces: Pieces) -> None:
+  """Refuses what an algorithm with its own exchange cannot apply."""
+  wanted = (("attack", pieces.attack is None, "no update attack"),
+            ("aggregator", config.aggregator == "mean", "aggregator='mean'"),
+            ("preaggregation", config.preaggregation == "none",
+             "preaggregation='none'"),
+            ("compressor", config.compressor == "identity",
+             "compressor='identity'"),
+            ("error_feedback", not config.error_feedback,
+             "error_feedback=False"))
+  for name, ok, need in wanted:
+    if not ok:
+      raise ConfigError(
+          name, f"algorithm={config.algorithm!r} sums plain updates in its "
+          f"own collectives: it needs {need}; got {name}="
+          f"{getattr(config, name)!r}")
+
+
+class _Partial(NamedTuple):
+  """A partial step's exchange and, when it has its own, its timing."""
+
+  exchange: optax.GradientTransformation
+  timing: Timing | None
+
+
+def _partial_exchange(config: TrainConfig, pieces: Pieces,
+                      participation: Any) -> optax.GradientTransformation:
+  """``partial_aggregate`` of the configured rule and compressor."""
+  if pieces.communication is None:
+    raise ConfigError(
+        "compressor", f"compressor {config.compressor!r} is a synchronous "
+        f"transformation of its own; participation="
+        f"{config.participation!r} aggregates through a compressor of "
+        "alg.compressors.COMPRESSORS")
+  if config.error_feedback:
+    raise ConfigError(
+        "error_feedback", f"participation={config.participation!r} "
+        "aggregates with distributed.partial_aggregate, which keeps no "
+        "error feedback: drop error_feedback")
+  rule, compressor = pieces.communication
+  if not (rule.is_mean or rule.supports_mask):
+    name = "preaggregation" if config.preaggregation != "none" else (
+        "aggregator")
+    raise ConfigError(
+        name, f"{name}={getattr(config, name)!r} cannot aggregate under a "
+        f"participation mask (participation={config.participation!r}); "
+        "rules that can: mean, median, trimmed_mean, geometric_median, "
+        "krum, multi_krum, without pre-aggregation")
+  examples = (pieces.shard_sizes()
+              if config.participation_normalizer == "examples" else None)
+  return dist.partial_aggregate(
+      rule, participation, normalizer=config.participation_normalizer,
+      examples=examples, compressor=compressor, seed=pieces.seed)
+
+
+def _everyone(config: TrainConfig, pieces: Pieces) -> None:
+  """Every worker in every step: the full synchronous exchange."""
+  del config, pieces
+  return None
+
+
+def _client_sampling(config: TrainConfig, pieces: Pieces) -> _Partial:
+  """``participation_k`` workers drawn per step; the participants' clocks
+  are charged (the default timing reads the participation metric)."""
+  return _Partial(_partial_exchange(
+      config, pieces, dist.client_sampling(config.participation_k)), None)
+
+
+def _deadline(config: TrainConfig, pieces: Pieces) -> _Partial:
+  """The workers that finish within ``deadline_seconds`` of each step's
+  start (``deadline_schedule`` on the run's clock, the step's rounds over
+  every worker); the step's seconds are the schedule's."""
+  clock = pieces.clock
+  rounds = probe_rounds(_partial_exchange(config, pieces, dist.everyone()),
+                        pieces.initial_params(), config.num_workers)
+  participation, plan = dist.deadline_participation(
+      clock, config.steps, deadline_seconds=config.deadline_seconds,
+      rounds=rounds)
+  schedule = functools.partial(dist.deadline_schedule, clock,
+                               deadline=config.deadline_seconds,
+                               rounds=rounds)
+
+  def advance(state, t, metrics):
+    state, step = schedule(state, 1)
+    who = plan.participants[t]
+    ran = np.asarray(metrics["participation"]).reshape(
+        -1, config.num_workers)[0].astype(bool)
+    if not (np.array_equal(step.participants[0], who)
+            and np.array_equal(ran, who)):
+      _mismatch("the participants", t, ran, who)
+    recorded = [r._replace(participants=None)
+                for r in dist.clock_rounds(metrics["comm"])]
+    if not _same_rounds(recorded, rounds):
+      _mismatch("the rounds", t, recorded, rounds)
+    return state
+
+  timing = Timing(clock.init, advance,
+                  lambda state, t: float(state.time.max()))
+  return _Partial(_partial_exchange(config, pieces, participation), timing)
+
+
+PARTICIPATIONS: Mapping[str, Callable[[TrainConfig, Pieces],
+                                      _Partial | None]]
+PARTICIPATIONS = types.MappingProxyType({
+    "everyone": _everyone,
+    "client_sampling": _client_sampling,
+    "deadline": _deadline,
+})
+"""``TrainConfig.participation`` -> builder of algorithm ``sync``'s
+exchange (``None``: the full one) and its timing."""
+
+
+def rounds_late(ready: np.ndarray) -> np.ndarray:
+  """How many rounds each applied gradient of an eager run missed.
+
+  Args:
+    ready: ``bool[T, n]``, the schedule's ready masks.
+
+  Returns:
+    ``int64[T, n]``: where ``ready[r, i]``, the rounds ``r`` is after the
+    last round before it in which worker ``i`` was ready (-1 at the start),
+    minus one: the server updates between the model the gradient was
+    computed on and the round that applies it; 0 elsewhere.
+
+  Example:
+    >>> rounds_late(np.array([[1, 0], [1, 0], [1, 1]], bool)).tolist()
+    [[0, 0], [0, 0], [0, 2]]
+  """
+  late = np.zeros(ready.shape, np.int64)
+  last = np.full(ready.shape[1], -1, np.int64)
+  for r, row in enumerate(ready):
+    late[r, row] = r - last[row] - 1
+    last[row] = r
+  return late
+
+
+def _eager_timing(clock: dist.Clock, plan: dist.EagerSchedule,
+                  schedule: Callable[..., Any],
+                  message_bytes: int) -> Timing:
+  """The clock of an eager run: its schedule, one round per step."""
+
+  def advance(state, t, metrics):
+    state, step = schedule(1, state=state, first_round=t)
+    ready = plan.ready[t]
+    if not (np.array_equal(step.ready[0], ready)
+            and step.end[0] == plan.end[t]):
+      _mismatch("the ready workers", t, step.ready[0], ready)
+    recorded = dist.clock_rounds(metrics["comm"])
+    expected = [dist.Round("all_reduce", message_bytes,
+                           None if ready.all() else ready)]
+    if not _same_rounds(recorded, expected):
+      _mismatch("the rounds", t, recorded, expected)
+    return state
+
+  def seconds(state, t):
+    del state
+    return 0.0 if t == 0 else float(plan.end[t - 1])
+
+  return Timing(lambda: clock.compute_steps(clock.init()), advance, seconds)
+
+
+def _find(opt_state: Any, kind: type) -> Any:
+  """The first node of type ``kind`` in ``opt_state``."""
+  for node in jax.tree.leaves(opt_state,
+                              is_leaf=lambda x: isinstance(x, kind)):
+    if isinstance(node, kind):
+      return node
+  raise ValueError(f"no {kind.__name__} in the optimizer state")
+
+
+def _eager_step_metrics(opt_state: Any) -> dict[str, Any]:
+  return {"eager_sent": _find(opt_state, dist.EagerSGDState).sent}
+
+
+def _eager_log_metrics(plan: dist.EagerSchedule) -> Callable[..., dict]:
+  """The figures of an eager run's logged line, from its schedule."""
+  late = rounds_late(plan.ready)
+
+  def log(steps: range, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ready = plan.ready[steps.start:steps.stop]
+    applied = late[steps.start:steps.stop][ready]
+    return {
+        "ready_fraction": float(ready.mean()),
+        "staleness_mean": float(applied.mean()),
+        "staleness_max": int(applied.max()),
+        "staleness_histogram": np.bincount(applied).tolist(),
+        "forced_rounds": int(plan.forced[steps.start:steps.stop].sum()),
+        "gradients_applied": int(np.sum(rows[-1]["eager_sent"])),
+    }
+
+  return log
+
+
+def _eager_sgd(config: TrainConfig, pieces: Pieces) -> Algorithm:
+  _needs_plain_exchange(config, pieces)
+  n = config.num_workers
+  probe = probe_rounds(dist.eager_sgd(np.ones((1, n), bool)),
+                       pieces.initial_params(), n)
+  if [r.kind for r in probe] != ["all_reduce"]:
+    raise RuntimeError(f"eager_sgd ran rounds {probe}; expected one "
+                       "all-reduce")
+  message_bytes = probe[0].bytes
+  schedule = functools.partial(
+      dist.eager_schedule, pieces.clock, mode=config.eager_mode,
+      message_bytes=message_bytes, limiter=config.eager_limiter or None)
+  _, plan = schedule(config.steps)
+  tx = optax.chain(dist.eager_sgd(plan.ready),
+                   dist.replicated(pieces.optimizer))
+  return Algorithm(
+      tx, replicated_params=True,
+      timing=_eager_timing(pieces.clock, plan, schedule, message_bytes),
+      step_metrics=_eager_step_metrics, log_metrics=_eager_log_metrics(plan))
+
+
+def _rps_step_metrics(opt_state: Any) -> dict[str, Any]:
+  state = _find(opt_state, dist.RPSState)
+  return {"rps_dropped": state.dropped,
+          "rps_delivered_bytes": state.delivered_bytes,
+          "rps_total_dropped": state.total_dropped}
+
+
+def _rps_log_metrics(steps: range,
+                     rows: list[dict[str, Any]]) -> dict[str, Any]:
+  """Messages lost and bytes delivered in the logged steps."""
+  del steps
+  return {
+      "drops": int(sum(np.sum(m["rps_dropped"]) for m in rows)),
+      "drops_total": int(np.sum(rows[-1]["rps_total_dropped"])),
+      "delivered_bytes": int(sum(np.sum(m["rps_delivered_bytes"],
+                                        dtype=np.int64) for m in rows)),
+  }
+
+
+def _rps(config: TrainConfig, pieces: Pieces) -> Algorithm:
+  _needs_plain_exchange(config, pieces)
+  tx = optax.chain(pieces.optimizer,
+                   dist.rps(config.drop_probability, seed=pieces.seed))
+  return Algorithm(tx, replicated_params=False, model_of=_mean_model,
+                   step_metrics=_rps_step_metrics,
+                   log_metrics=_rps_log_metrics)
+
+
 ALGORITHMS: Mapping[str, Callable[[TrainConfig, Pieces], Algorithm]]
 ALGORITHMS = types.MappingProxyType({
     "sync": _sync,
@@ -226,6 +558,8 @@ ALGORITHMS = types.MappingProxyType({
     "adacomm": _adacomm,
     "local_adaalter": _local_adaalter,
     "cser": _cser,
+    "eager_sgd": _eager_sgd,
+    "rps": _rps,
 })
 """``TrainConfig.algorithm`` -> builder of the run's :class:`Algorithm`."""
 

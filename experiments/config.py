@@ -25,9 +25,17 @@ Params = tuple[tuple[str, ParamValue], ...]
 
 
 _ALGORITHM_NAMES = ("sync", "local_sgd", "adacomm", "local_adaalter",
-                    "cser")
+                    "cser", "eager_sgd", "rps")
 _LOCAL = ("local_sgd", "adacomm", "local_adaalter", "cser")
 _PERIODIC = ("local_sgd", "adacomm")
+
+_PARTICIPATION_OPTIONS = {
+    "participation_k": ("client_sampling",),
+    "participation_normalizer": ("client_sampling", "deadline"),
+    "deadline_seconds": ("deadline",),
+}
+"""The participations that use each participation option (as
+:data:`_USED_BY` for the algorithms)."""
 
 _CHOICES = {
     "algorithm": _ALGORITHM_NAMES,
@@ -38,6 +46,9 @@ _CHOICES = {
     "adaalter_denominator": ("constant", "paper"),
     "cser_variant": ("cser", "cser_reference", "csea", "cser_pl"),
     "cser_form": ("residual", "direct"),
+    "participation": ("everyone", "client_sampling", "deadline"),
+    "participation_normalizer": ("participants", "workers", "examples"),
+    "eager_mode": ("majority", "solo", "sync"),
 }
 """Options with a fixed set of values (the registries they name are
 ``experiments.algorithms`` and ``distributed``; a test keeps them equal)."""
@@ -63,6 +74,13 @@ _USED_BY = {
     "cser_ratio2": ("cser",),
     "cser_variant": ("cser",),
     "cser_form": ("cser",),
+    "participation": ("sync",),
+    "participation_k": ("sync",),
+    "participation_normalizer": ("sync",),
+    "deadline_seconds": ("sync",),
+    "eager_mode": ("eager_sgd",),
+    "eager_limiter": ("eager_sgd",),
+    "drop_probability": ("rps",),
 }
 """The algorithms that use each schedule option; setting one away from its
 default under another algorithm is a ConfigError, never ignored."""
@@ -189,6 +207,29 @@ class TrainConfig:
   cser_form: str = _option(
       "residual", "CSER: residual | direct (averaging the compressed "
       "model).")
+  participation: str = _option(
+      "everyone", "Who takes part in each step of algorithm='sync': "
+      "everyone | client_sampling (participation_k of num_workers, drawn "
+      "each step) | deadline (the workers that finish within "
+      "deadline_seconds of the step's start, from the system model).")
+  participation_k: int = _option(
+      0, "Clients per step of participation='client_sampling' (0: unset).")
+  participation_normalizer: str = _option(
+      "participants", "What the mean of a partial step divides by: "
+      "participants | workers | examples (the participants' shard sizes).")
+  deadline_seconds: float = _option(
+      0.0, "participation='deadline': seconds after a step's start by "
+      "which a worker must finish (0: unset).")
+  eager_mode: str = _option(
+      "majority", "eager-SGD: who triggers a round: solo (the first "
+      "worker done) | majority (a shared random initiator) | sync (the "
+      "last).")
+  eager_limiter: int = _option(
+      32, "eager-SGD: every eager_limiter-th round is fully synchronous "
+      "(the reference's 32; 0: never).")
+  drop_probability: float = _option(
+      0.0, "RPS: probability in [0, 1] that a worker-server message is "
+      "lost.")
   seed: int = _option(
       0, "Seed of the run; each component derives its own stream from it.")
   # Logging, evaluation, checkpoints.
@@ -352,6 +393,49 @@ class TrainConfig:
         raise ConfigError(
             name, f"{name}={getattr(self, name)!r} is not used by algorithm="
             f"{self.algorithm!r} with optimizer={self.optimizer!r}")
+    self._check_partial()
+
+  def _check_partial(self) -> None:
+    """Checks the options of partial participation, eager-SGD and RPS."""
+    if self.eager_limiter < 0:
+      raise ConfigError("eager_limiter", f"eager_limiter must be an int >= 0 "
+                        f"(0: never synchronous); got {self.eager_limiter}")
+    if not 0 <= self.drop_probability <= 1:
+      raise ConfigError("drop_probability", f"drop_probability must lie in "
+                        f"[0, 1]; got {self.drop_probability!r}")
+    if not (math.isfinite(self.deadline_seconds)
+            and self.deadline_seconds >= 0):
+      raise ConfigError("deadline_seconds", f"deadline_seconds must be a "
+                        f"finite number >= 0; got {self.deadline_seconds!r}")
+    if self.participation_k < 0:
+      raise ConfigError("participation_k", f"participation_k must be an int "
+                        f">= 1; got {self.participation_k}")
+    defaults = TrainConfig.__dataclass_fields__
+    for name, participations in _PARTICIPATION_OPTIONS.items():
+      if (getattr(self, name) != defaults[name].default
+          and self.participation not in participations):
+        raise ConfigError(
+            name, f"{name}={getattr(self, name)!r} is not used by "
+            f"participation={self.participation!r}")
+    if self.participation == "client_sampling" and not (
+        1 <= self.participation_k <= self.num_workers):
+      raise ConfigError(
+          "participation_k", f"participation='client_sampling' samples "
+          f"participation_k clients per step, 1 <= participation_k <= "
+          f"num_workers={self.num_workers}; got {self.participation_k}")
+    if self.participation == "deadline" and not self.deadline_seconds > 0:
+      raise ConfigError(
+          "deadline_seconds", "participation='deadline' needs "
+          f"deadline_seconds > 0; got {self.deadline_seconds!r}")
+    if self.participation_normalizer != "participants" and (
+        self.aggregator, self.preaggregation) != ("mean", "none"):
+      raise ConfigError(
+          "participation_normalizer",
+          f"participation_normalizer={self.participation_normalizer!r} "
+          "weighs the mean; a robust rule aggregates the participants' rows "
+          f"(aggregator={self.aggregator!r}, preaggregation="
+          f"{self.preaggregation!r}): use participation_normalizer="
+          "'participants'")
 
   def to_json(self) -> dict[str, Any]:
     """The configuration as JSON-able values (parameters as dicts)."""

@@ -148,21 +148,45 @@ def clock_step(clock: dist.Clock, state: dist.ClockState,
   """
   participation = metrics.get("participation")
   if participation is not None:
-    participation = np.asarray(participation).reshape(-1).astype(bool)
+    # [n], or [workers, n] where the runtime keeps a copy per worker (all
+    # copies are equal).
+    participation = np.asarray(participation).reshape(
+        -1, clock.num_workers)[0].astype(bool)
   return clock.sync_step(state, dist.clock_rounds(metrics["comm"]),
                          workers=participation)
 
 
-def _with_round_records(step: dist.WorkerStep) -> dist.WorkerStep:
+def default_timing(clock: dist.Clock) -> algorithms.Timing:
+  """One synchronous step per step, priced by :func:`clock_step`.
+
+  The simulated seconds are the latest worker clock.
+  """
+  return algorithms.Timing(
+      clock.init, lambda state, t, metrics: clock_step(clock, state, metrics),
+      lambda state, t: float(state.time.max()))
+
+
+def _with_round_records(
+    step: dist.WorkerStep,
+    more: Callable[[Any], dict[str, Any]] | None = None) -> dist.WorkerStep:
   """``step`` whose metrics also carry its communication stats (``comm``).
 
   The clock prices each step from its own round records, read on the host
   with the step's other metrics (the state keeps only the last step's).
+
+  Args:
+    step: the per-worker step.
+    more: ``more(opt_state) -> dict`` of further per-step metrics (an
+      algorithm's ``step_metrics``), or ``None``.
+
+  Returns:
+    The step with the metrics added.
   """
 
   def update(state, batch, **inputs):
     state, metrics = step.update(state, batch, **inputs)
-    return state, {**metrics,
+    extra = {} if more is None else more(state.opt_state)
+    return state, {**metrics, **extra,
                    "comm": dist.find_comm_stats(state.opt_state)}
 
   return step._replace(update=update)
@@ -305,18 +329,65 @@ def communication(config: TrainConfig) -> optax.GradientTransformation:
                         seed=derived_seed(config.seed, _AGGREGATE_SALT))
 
 
-def build_algorithm(config: TrainConfig) -> algorithms.Algorithm:
-  """The run's optimizer (``config.algorithm``) and how it is held."""
+def _load(config: TrainConfig) -> tuple[datasets.Dataset,
+                                        partition.PaddedPartition, Any]:
+  """The run's dataset, its partition and the model."""
+  data = datasets.load_dataset(config.dataset)
+  parts = partition.pad_partition(partition.partition(
+      None if data.is_regression else data.y_train, config.num_workers,
+      config.partition, seed=config.seed, alpha=config.dirichlet_alpha,
+      classes_per_worker=config.classes_per_worker,
+      num_examples=len(data.x_train)))
+  model = models.make_model(config.model, num_outputs=data.num_outputs,
+                            image_shape=data.image_shape, hidden=config.hidden)
+  return data, parts, model
+
+
+def initial_params(config: TrainConfig, data: datasets.Dataset,
+                   model: Any) -> Any:
+  """The model a run starts from (from the run's seed)."""
+  return model.init(jax.random.key(config.seed), data.x_train[:1])
+
+
+def build_algorithm(
+    config: TrainConfig, *, params: Any = None,
+    shard_sizes: np.ndarray | None = None) -> algorithms.Algorithm:
+  """The run's optimizer (``config.algorithm``) and how it is held.
+
+  Args:
+    config: the run's configuration.
+    params: the model the run starts from; default: built from the
+      configuration (dataset and model) when an algorithm needs it.
+    shard_sizes: each worker's number of training examples; default: from
+      the configuration's partition when needed.
+
+  Returns:
+    The :class:`~distoptax.experiments.algorithms.Algorithm`.
+  """
   optimizer = registries.lookup(algorithms.OPTIMIZERS, config.optimizer,
                                 "optimizer")
   compressor = _compressor(config)
+
+  def start_params():
+    if params is not None:
+      return params
+    data, _, model = _load(config)
+    return initial_params(config, data, model)
+
+  def sizes():
+    return (np.asarray(_load(config)[1].sizes) if shard_sizes is None
+            else np.asarray(shard_sizes))
+
   pieces = algorithms.Pieces(
       optimizer=optimizer(config),
       communication=(None if compressor is None
                      else (aggregation_rule(config), compressor)),
       exchange=lambda: communication(config),
       attack=update_attack(config),
-      seed=derived_seed(config.seed, _AGGREGATE_SALT))
+      seed=derived_seed(config.seed, _AGGREGATE_SALT),
+      clock=system_model(config).clock,
+      initial_params=start_params,
+      shard_sizes=sizes)
   return registries.lookup(algorithms.ALGORITHMS, config.algorithm,
                            "algorithm")(config, pieces)
 
@@ -402,6 +473,30 @@ def _selection_metrics(config: TrainConfig,
     out["any_byzantine_selected_fraction"] = float(
         np.mean(np.any(masks[:, :f] > 0, axis=1)))
   return out
+
+
+def _participation_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+  """``participation``: the fraction of the workers that took part in the
+  logged steps, where the step reports its participants (a partial
+  aggregate); nothing otherwise."""
+  if "participation" not in rows[0]:
+    return {}
+  masks = [np.asarray(m["participation"]) for m in rows]
+  masks = np.stack([m[0] if m.ndim == 2 else m for m in masks])
+  return {"participation": float(np.mean(masks > 0))}
+
+
+def _step_bytes(metrics: dict[str, Any]) -> int:
+  """Bytes one worker handed to the collectives of a step.
+
+  The all-reduce and all-gather bytes of the step's metrics, plus the
+  bytes of its rounds of other kinds (reduce-scatter, broadcast) from its
+  round records.
+  """
+  other = sum(r.bytes for r in dist.clock_rounds(metrics["comm"])
+              if r.kind not in ("all_reduce", "all_gather"))
+  return int(_first(metrics["all_reduce_bytes"])
+             + _first(metrics["all_gather_bytes"]) + other)
 
 
 def _check_batch_fits(config: TrainConfig,
@@ -526,33 +621,28 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
         f"{jax.process_count()} processes; a multi-process run needs "
         "runtime='mesh'")
   checkpoints = _prepare_workdir(config, workdir, resume)
-  data = datasets.load_dataset(config.dataset)
-  parts = partition.pad_partition(partition.partition(
-      None if data.is_regression else data.y_train, config.num_workers,
-      config.partition, seed=config.seed, alpha=config.dirichlet_alpha,
-      classes_per_worker=config.classes_per_worker,
-      num_examples=len(data.x_train)))
+  data, parts, model = _load(config)
   _check_batch_fits(config, parts)
-  model = models.make_model(config.model, num_outputs=data.num_outputs,
-                            image_shape=data.image_shape, hidden=config.hidden)
   loss_fn, evaluate = _loss_and_metrics(data, model)
-  algorithm = build_algorithm(config)
+  params = initial_params(config, data, model)
+  algorithm = build_algorithm(config, params=params,
+                              shard_sizes=np.asarray(parts.sizes))
   worker_step = _with_round_records(dist.data_parallel(
       loss_fn, algorithm.tx, extra_args=_validation_oracle(
           data, loss_fn, config.validation_batch_size, config.seed),
-      replicated_params=algorithm.replicated_params))
+      replicated_params=algorithm.replicated_params), algorithm.step_metrics)
   runtime = registries.lookup(registries.RUNTIMES, config.runtime, "runtime")(
       worker_step, config.num_workers)
   clock = system_model(config).clock
+  timing = algorithm.timing or default_timing(clock)
   if primary:
     metrics_io.write_config(workdir, config.to_json(),
                             system_model=describe_time(clock))
   sample = _make_sampler(data, parts, config.batch_size, config.seed,
                          _flipped_workers(config, data))
 
-  params = model.init(jax.random.key(config.seed), data.x_train[:1])
   state = runtime.init(params)
-  start, clock_state, elapsed_before = 0, clock.init(), 0.0
+  start, clock_state, elapsed_before = 0, timing.init(), 0.0
   if resume:
     state, meta = checkpoints.restore(state)
     saved = meta.get("config")
@@ -591,11 +681,13 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
   t0 = t_first = time.perf_counter()
 
   clocked = 0   # Rows of ``pending`` whose steps the clock has charged.
+  charged = start   # Steps the clock has charged.
 
   def advance_clock(rows: list[dict[str, Any]]) -> None:
-    nonlocal clock_state, clocked
+    nonlocal clock_state, clocked, charged
     for m in rows[clocked:]:
-      clock_state = clock_step(clock, clock_state, m)
+      clock_state = timing.advance(clock_state, charged, m)
+      charged += 1
     clocked = len(rows)
 
   def flush(step: int) -> dict[str, Any]:
@@ -611,7 +703,7 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
             f"{bad}); training stopped, {last_checkpoint()}")
     advance_clock(rows)
     pending, clocked = [], 0
-    simulated = float(clock_state.time.max())
+    simulated = timing.seconds(clock_state, step)
     test_loss, test_acc = test_metrics(step)
     stats = _to_host(dist.find_comm_stats(state.opt_state))
     seconds = time.perf_counter() - t0
@@ -622,12 +714,14 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
         "test_accuracy": test_acc,
         "wire_bytes": sum(dist.total_bytes(s) for s in stats),
         "coded_bytes": sum(dist.total_coded_bytes(s) for s in stats),
-        "wire_bytes_step": int(_first(rows[-1]["all_reduce_bytes"])
-                               + _first(rows[-1]["all_gather_bytes"])),
+        "wire_bytes_step": _step_bytes(rows[-1]),
         "simulated_seconds": simulated,
         "elapsed_seconds": elapsed_before + seconds,
         **_schedule_metrics(state),
         **_selection_metrics(config, rows),
+        **_participation_metrics(rows),
+        **({} if algorithm.log_metrics is None
+           else algorithm.log_metrics(range(first, step), rows)),
     }
     if primary:
       metrics_io.append(workdir, [row])
@@ -681,7 +775,8 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
       # The period rule reads the clock, so each step is charged before
       # the next one runs (a host round trip per step).
       advance_clock(_to_host(pending))
-      inputs = {"simulated_seconds": np.float32(clock_state.time.max())}
+      inputs = {"simulated_seconds": np.float32(
+          timing.seconds(clock_state, t))}
     state, metrics = runtime.step(state, batch, inputs)
     pending.append(metrics)
     done = t + 1
