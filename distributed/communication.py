@@ -27,7 +27,9 @@ of it:
   does not execute, and the round records nothing (no bytes, no latency).
 * **One exchange.** :func:`exchange` is ``aggregate``'s round: encode, one
   all-reduce (a mean rule with a summable compressor) or all-gather, decode,
-  rule.
+  rule; or, with ``transport="sparse_allreduce"`` (:data:`TRANSPORTS`), a
+  mean of sparse (index, value) messages summed by SparCML's sparse
+  all-reduce, without the ``[n, d]`` stack.
 
 The bytes recorded are those of the arrays the algorithm hands to the
 collective, in their own dtype: a bfloat16 message counts 2 bytes per
@@ -35,7 +37,9 @@ entry even where XLA's CPU backend widens the compiled all-reduce or
 all-gather to float32 (``third_party_notes/runtime.md``).
 """
 
-from typing import Any, Callable, NamedTuple
+import math
+import types
+from typing import Any, Callable, Mapping, NamedTuple
 
 import chex
 import jax
@@ -46,6 +50,7 @@ import optax
 from distoptax.algorithms import aggregators
 from distoptax.algorithms import compressors
 from distoptax.distributed import comm_stats
+from distoptax.distributed import sparse_allreduce
 from distoptax.worker_axis import collectives
 
 NORMALIZERS = ("participants", "workers")
@@ -479,6 +484,8 @@ def exchange(
     mask: Any = None,
     normalizer: str = "participants",
     params: optax.Params | None = None,
+    transport: str = "default",
+    transport_options: Mapping[str, Any] | None = None,
     **extra_args: Any,
 ) -> Exchanged:
   r"""One round: encode, all-reduce or all-gather, decode, aggregate.
@@ -492,7 +499,10 @@ def exchange(
         \mathrm{decode}(m_n)]\big) & \text{otherwise (all-gather)}
     \end{cases}
 
-  and :math:`e_i \leftarrow u_i + e_i - \mathrm{decode}(m_i)` with error
+  (``transport="default"``); with ``transport="sparse_allreduce"`` the
+  mean :math:`\hat u = \frac1n \sum_i \mathrm{decode}(m_i)` of (index,
+  value) messages is summed by SparCML's sparse all-reduce, no ``[n, d]``
+  stack built; and :math:`e_i \leftarrow u_i + e_i - \mathrm{decode}(m_i)` with error
   feedback. The key is this worker's (``fold_in(step_key, i)``) or, for a
   ``shared_key`` compressor, the step key itself.
 
@@ -502,6 +512,12 @@ def exchange(
   in the same round, and :math:`\hat u` is the mean over the participants
   (``normalizer="participants"``; zero if there are none) or the sum over
   them divided by :math:`n` (``"workers"``).
+
+  Guarantees: every worker ends with the same aggregate; the bytes of
+  every round run are recorded in ``rounds``; for a mean rule the two
+  transports give the same mean (bit-identical when the sums are exact,
+  e.g. integer-valued updates; otherwise up to the order of the
+  additions).
 
   Args:
     rounds: the update's :class:`Rounds`.
@@ -514,14 +530,24 @@ def exchange(
     mask: this worker's participation; ``None``: everyone.
     normalizer: one of :data:`NORMALIZERS` (with a mask).
     params: passed to the rule.
+    transport: one of :data:`TRANSPORTS`. ``"sparse_allreduce"``: a mean
+      rule, no mask, a compressor whose messages are (index, value) pairs;
+      all leaves travel as one sparse vector (:func:`sparse_pairs`), summed
+      by ``sparse_allreduce.sparse_all_reduce`` (its rounds recorded stage
+      by stage; ``rounds`` needs a capacity of 4) and divided by ``n``.
+    transport_options: keyword arguments of ``sparse_all_reduce``
+      (``algorithm``, ``delta``, ``bucket_capacity``, ``block_capacity``)
+      for ``"sparse_allreduce"``; none for ``"default"``.
     **extra_args: passed to the rule.
 
   Returns:
     An :class:`Exchanged`. The round runs over ``rounds.axis_name``.
 
   Raises:
-    ValueError: for a mask with a rule that is not the mean, or an unknown
-      ``normalizer``.
+    ValueError: for a mask with a rule that is not the mean, an unknown
+      ``normalizer`` or ``transport``, or a ``"sparse_allreduce"``
+      transport with a rule that is not the mean, a mask, or messages
+      that are not (index, value) pairs.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -546,12 +572,18 @@ def exchange(
   References:
     Karimireddy, Rebjock, Stich, Jaggi, "Error Feedback Fixes SignSGD and
     other Gradient Compression Schemes", ICML 2019, arXiv:1901.09847.
+    Renggli, Ashkboos, Aghagolzadeh, Alistarh, Hoefler, "SparCML:
+    High-Performance Sparse Communication for Machine Learning", SC 2019,
+    arXiv:1802.08021.
     Stich, Cordonnier, Jaggi, "Sparsified SGD with Memory", NeurIPS 2018,
     arXiv:1809.07599.
   """
   if normalizer not in NORMALIZERS:
     raise ValueError(f"exchange: normalizer must be one of {NORMALIZERS}; "
                      f"got {normalizer!r}")
+  if transport not in TRANSPORTS:
+    raise ValueError(f"exchange: unknown transport {transport!r}; known: "
+                     f"{sorted(TRANSPORTS)}")
   if mask is not None and not rule.is_mean:
     raise ValueError(
         "exchange: a mask needs a mean rule (rule.is_mean): a rule over the "
@@ -560,45 +592,182 @@ def exchange(
   if not compressor.shared_key:
     key = worker_key(key, axis_name)
   message, memory, coded = encode(compressor, key, updates, memory)
-  n = collectives.num_workers(axis_name)
   if mask is not None:
     mask = jnp.asarray(mask) != 0
+  aggregated, rule_state_out = _EXCHANGES[transport](
+      rounds, message, coded, compressor=compressor, rule=rule,
+      rule_state=rule_state, mask=mask, normalizer=normalizer,
+      params=params, options=dict(transport_options or {}),
+      extra_args=extra_args)
+  aggregated = jax.tree.map(lambda a, u: a.astype(u.dtype), aggregated,
+                            updates)
+  return Exchanged(aggregated, rule_state_out, memory)
+
+
+def _exchange_default(rounds, message, coded, *, compressor, rule,
+                      rule_state, mask, normalizer, params, options,
+                      extra_args):
+  """One all-reduce (mean rule, summable compressor) or all-gather."""
+  if options:
+    raise ValueError(f"exchange: transport 'default' takes no "
+                     f"transport_options; got {sorted(options)}")
+  n = collectives.num_workers(rounds.axis_name)
   if rule.is_mean and compressor.summable:
     if mask is None:
       total = compressor.decode(rounds.all_reduce(message,
                                                   coded_bytes=coded))
-      aggregated = jax.tree.map(lambda s: s / n, total)
-    else:
-      if coded is not None:
-        coded = coded + 4
-      summed, count = rounds.all_reduce((message, jnp.ones((), jnp.int32)),
-                                        weight=mask, coded_bytes=coded)
-      divisor = n if normalizer == "workers" else count
-      aggregated = _divide(compressor.decode(summed), divisor)
-    rule_state_out = rule_state
-  elif mask is None:
+      return jax.tree.map(lambda s: s / n, total), rule_state
+    if coded is not None:
+      coded = coded + 4
+    summed, count = rounds.all_reduce((message, jnp.ones((), jnp.int32)),
+                                      weight=mask, coded_bytes=coded)
+    divisor = n if normalizer == "workers" else count
+    return _divide(compressor.decode(summed), divisor), rule_state
+  if mask is None:
     stacked = jax.vmap(compressor.decode)(
         rounds.all_gather(message, coded_bytes=coded))
-    aggregated, rule_state_out = rule.update(stacked, rule_state, params,
-                                             **extra_args)
-  else:
-    if coded is not None:
-      coded = coded + 1
-    rows, present = rounds.all_gather(
-        (message, mask.astype(jnp.uint8)), mask=mask, coded_bytes=coded)
-    stacked = jax.vmap(compressor.decode)(rows)
-    present = present != 0
-    summed = jax.tree.map(
-        lambda s: collectives.sum_over_workers(
-            jnp.where(present.reshape((-1,) + (1,) * (s.ndim - 1)), s, 0)),
-        stacked)
-    divisor = (n if normalizer == "workers"
-               else jnp.sum(present, dtype=jnp.int32))
-    aggregated = _divide(summed, divisor)
-    rule_state_out = rule_state
-  aggregated = jax.tree.map(lambda a, u: a.astype(u.dtype), aggregated,
-                            updates)
-  return Exchanged(aggregated, rule_state_out, memory)
+    return rule.update(stacked, rule_state, params, **extra_args)
+  if coded is not None:
+    coded = coded + 1
+  rows, present = rounds.all_gather(
+      (message, mask.astype(jnp.uint8)), mask=mask, coded_bytes=coded)
+  stacked = jax.vmap(compressor.decode)(rows)
+  present = present != 0
+  summed = jax.tree.map(
+      lambda s: collectives.sum_over_workers(
+          jnp.where(present.reshape((-1,) + (1,) * (s.ndim - 1)), s, 0)),
+      stacked)
+  divisor = (n if normalizer == "workers"
+             else jnp.sum(present, dtype=jnp.int32))
+  return _divide(summed, divisor), rule_state
+
+
+def _is_pairs(arrays: Any) -> bool:
+  return isinstance(arrays, dict) and set(arrays) == {"indices", "values"}
+
+
+def sparse_pairs(message: Any) -> tuple[jax.Array, jax.Array, int,
+                                        Callable[[jax.Array], Any]]:
+  """One sparse vector for a message of (index, value) pairs.
+
+  A pytree of per-leaf messages (``top_k``, ``threshold``) becomes one
+  vector over the concatenated leaves (leaf ``l``'s indices shifted by the
+  sizes of the leaves before it; an unused slot, index ``>= size``, maps
+  to ``D``); a whole-tree message (``global_top_k``) already is one.
+
+  Args:
+    message: a compressor's message whose arrays are ``indices`` (int32)
+      and ``values``.
+
+  Returns:
+    ``(indices, values, D, unflatten)``: ``unflatten(total)`` turns a
+    dense ``[D]`` vector back into the updates' tree, shapes and dtypes.
+
+  Raises:
+    ValueError: if a leaf's arrays are not exactly ``indices`` and
+      ``values``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from distoptax import algorithms as alg
+    >>> c = alg.compressors.top_k(k=1)
+    >>> m = c.encode(jax.random.key(0), {"a": jnp.array([0.0, 2.0]),
+    ...                                  "b": jnp.array([5.0, 0.0, 1.0])})
+    >>> idx, val, dim, unflatten = sparse_pairs(m)
+    >>> idx, val, dim
+    (Array([1, 2], dtype=int32), Array([2., 5.], dtype=float32), 5)
+    >>> unflatten(jnp.arange(5.0))["b"]
+    Array([2., 3., 4.], dtype=float32)
+  """
+  if isinstance(message, compressors.TreeMessage):
+    if not _is_pairs(message.arrays):
+      raise ValueError(
+          f"exchange: transport 'sparse_allreduce' needs (indices, values) "
+          f"messages (top_k, global_top_k, threshold); got arrays "
+          f"{sorted(message.arrays)}")
+    sizes = [math.prod(shape) for shape in message.shapes]
+    arrays = message.arrays
+
+    def unflatten_tree(total):
+      leaves, offset = [], 0
+      for size, shape, dtype in zip(sizes, message.shapes, message.dtypes):
+        leaves.append(total[offset:offset + size].reshape(shape)
+                      .astype(dtype))
+        offset += size
+      return jax.tree.unflatten(message.treedef, leaves)
+
+    return arrays["indices"], arrays["values"], sum(sizes), unflatten_tree
+  leaves, treedef = jax.tree.flatten(
+      message, is_leaf=lambda x: isinstance(x, compressors.LeafMessage))
+  for leaf in leaves:
+    if not (isinstance(leaf, compressors.LeafMessage)
+            and _is_pairs(leaf.arrays)):
+      got = (sorted(leaf.arrays) if isinstance(leaf, compressors.LeafMessage)
+             else type(leaf).__name__)
+      raise ValueError(
+          f"exchange: transport 'sparse_allreduce' needs (indices, values) "
+          f"messages (top_k, global_top_k, threshold); got {got}")
+  sizes = [math.prod(leaf.shape) for leaf in leaves]
+  total_dim = sum(sizes)
+  dtype = (jnp.result_type(*[leaf.arrays["values"] for leaf in leaves])
+           if leaves else jnp.float32)
+  indices, values, offset = [], [], 0
+  for leaf, size in zip(leaves, sizes):
+    idx = leaf.arrays["indices"]
+    used = (idx >= 0) & (idx < size)
+    indices.append(jnp.where(used, idx + offset, total_dim).astype(jnp.int32))
+    values.append(leaf.arrays["values"].astype(dtype))
+    offset += size
+
+  def unflatten_leaves(total):
+    out, start = [], 0
+    for leaf, size in zip(leaves, sizes):
+      out.append(total[start:start + size].reshape(leaf.shape)
+                 .astype(leaf.dtype))
+      start += size
+    return jax.tree.unflatten(treedef, out)
+
+  join = lambda parts, t: (jnp.concatenate(parts) if parts
+                           else jnp.zeros((0,), t))
+  return (join(indices, jnp.int32), join(values, dtype), total_dim,
+          unflatten_leaves)
+
+
+def _exchange_sparse(rounds, message, coded, *, compressor, rule,
+                     rule_state, mask, normalizer, params, options,
+                     extra_args):
+  """The mean of (index, value) messages by SparCML's sparse all-reduce."""
+  del coded, compressor, normalizer, params, extra_args
+  if not rule.is_mean:
+    raise ValueError(
+        "exchange: transport 'sparse_allreduce' sums the messages, so it "
+        "needs a mean rule (rule.is_mean); a rule over the stack of all "
+        "workers' updates needs the default transport")
+  if mask is not None:
+    raise ValueError(
+        "exchange: transport 'sparse_allreduce' takes no mask (every "
+        "worker contributes); use the default transport for a masked mean")
+  indices, values, dim, unflatten = sparse_pairs(message)
+  n = collectives.num_workers(rounds.axis_name)
+  out = sparse_allreduce.sparse_all_reduce(
+      rounds, sparse_allreduce.SparseVector(indices, values), dim, **options)
+  return unflatten(out.total / n), rule_state
+
+
+TRANSPORTS = types.MappingProxyType({
+    "default": "one all-reduce of summable messages under a mean rule, "
+               "else an all-gather, a decode of every row and the rule",
+    "sparse_allreduce": "a mean rule over (index, value) messages (top_k, "
+                        "global_top_k, threshold): their sum by SparCML's "
+                        "sparse all-reduce "
+                        "(distributed.sparse_allreduce), divided by n",
+})
+"""Values of ``exchange(transport=...)``, with what each does."""
+
+_EXCHANGES = types.MappingProxyType({
+    "default": _exchange_default,
+    "sparse_allreduce": _exchange_sparse,
+})
 
 
 def _divide(tree: Any, divisor: Any) -> Any:

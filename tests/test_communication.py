@@ -13,6 +13,7 @@ from distoptax import algorithms as alg
 from distoptax import distributed as dist
 from distoptax.algorithms import attacks
 from distoptax.distributed import comm_stats
+from distoptax.distributed import communication
 from distoptax.distributed.powersgd import powersgd
 from tests import helpers
 
@@ -415,3 +416,124 @@ def test_bfloat16_bytes_are_what_the_algorithm_hands_to_the_collective(kind):
   assert recorded == 2 * entries
   assert "bf16" in hlo
   assert helpers.collective_operand_bytes(hlo, "all_reduce") == recorded
+
+
+# --------------------------------------------------------------------------
+# Transport "sparse_allreduce": SparCML's sparse all-reduce in the exchange.
+# --------------------------------------------------------------------------
+
+SPARSE_COMPRESSORS = {
+    "top_k": lambda: alg.compressors.top_k(k=5),
+    "global_top_k": lambda: alg.compressors.global_top_k(k=9),
+    "threshold": lambda: alg.compressors.threshold(2.0, capacity=12),
+}
+
+
+def _sparse_exchange_step(compressor, transport, **options):
+  """A worker step: one exchange of ``batch`` (a pytree), its mean and
+  rounds."""
+
+  def init(params):
+    return dist.TrainState(jnp.zeros((), jnp.int32), params,
+                           comm_stats.init_comm_stats(4))
+
+  def update(state, batch):
+    rounds = dist.Rounds(state.opt_state)
+    rule = alg.aggregators.mean()
+    out = dist.exchange(
+        rounds, batch, compressor=compressor, rule=rule,
+        rule_state=rule.init(batch, dist.num_workers()),
+        key=jax.random.key(3), transport=transport,
+        transport_options=options or None)
+    return (state._replace(step=state.step + 1, opt_state=rounds.finish()),
+            out.aggregate)
+
+  return dist.WorkerStep(init, update, dist.WORKERS)
+
+
+def _integer_updates(n, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"w": jnp.asarray(rng.integers(-6, 7, (n, 4, 8)), jnp.float32),
+          "b": jnp.asarray(rng.integers(-6, 7, (n, 20)), jnp.float32)}
+
+
+def _run_exchange(rt, batch):
+  state = rt.init(jnp.zeros((1,)))
+  state, mean = rt.step(state, batch)
+  return jax.tree.map(np.asarray, mean), comm_stats.clock_rounds(
+      state.opt_state)
+
+
+@pytest.mark.parametrize("name", sorted(SPARSE_COMPRESSORS))
+def test_sparse_transport_equals_the_all_gather_path(name):
+  n = 16                       # Two workers per fake device on the mesh.
+  batch = _integer_updates(n)
+  compressor = SPARSE_COMPRESSORS[name]()
+  mesh = jax.make_mesh((8,), (dist.WORKERS,))
+  results = {}
+  for transport in communication.TRANSPORTS:
+    step = _sparse_exchange_step(compressor, transport)
+    results[transport, "simulate"] = _run_exchange(dist.simulate(step, n),
+                                                   batch)
+    results[transport, "mesh"] = _run_exchange(dist.on_mesh(step, mesh, n),
+                                               batch)
+  reference, gathered = results["default", "simulate"]
+  assert [r.kind for r in gathered] == ["all_gather"]
+  # The reference mean by hand: decode every worker's message, average.
+  messages = jax.vmap(compressor.encode, in_axes=(None, 0))(
+      jax.random.key(0), batch)
+  by_hand = jax.tree.map(lambda x: np.mean(np.asarray(x), axis=0),
+                         jax.vmap(compressor.decode)(messages))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[0], b),
+               reference, by_hand)
+  for (transport, runtime), (mean, stages) in results.items():
+    jax.tree.map(np.testing.assert_array_equal, mean, reference)
+    if transport == "sparse_allreduce":
+      assert [r.kind for r in stages] == ["reduce_scatter", "all_gather",
+                                          "all_gather"], runtime
+      assert stages == results["sparse_allreduce", "simulate"][1]
+      # The all-to-all hands [n, c1] (int32 index, float32 value) pairs.
+      assert stages[0].bytes % (n * 8) == 0 and stages[1].bytes == 8
+
+
+def test_sparse_transport_options_reach_the_sparse_all_reduce():
+  n = 8
+  batch = _integer_updates(n, seed=1)
+  compressor = alg.compressors.top_k(k=3)
+  step = _sparse_exchange_step(compressor, "sparse_allreduce",
+                               algorithm="recursive_double")
+  mean, stages = _run_exchange(dist.simulate(step, n), batch)
+  reference, _ = _run_exchange(
+      dist.simulate(_sparse_exchange_step(compressor, "default"), n), batch)
+  jax.tree.map(np.testing.assert_array_equal, mean, reference)
+  # log2(8) swaps of the merged partial sums: 6, 12, 24 pairs (two leaves
+  # of 3 pairs each), 8 bytes a pair.
+  assert [(r.kind, r.bytes) for r in stages] == [
+      ("sendrecv", 48), ("sendrecv", 96), ("sendrecv", 192)]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(transport="ring"), "unknown transport 'ring'"),
+    (dict(transport="sparse_allreduce",
+          rule=alg.aggregators.median()), "mean rule"),
+    (dict(transport="sparse_allreduce", mask=True), "takes no mask"),
+    (dict(transport="sparse_allreduce", compressor=alg.compressors.qsgd(4)),
+     "indices, values"),
+    (dict(transport="sparse_allreduce",
+          compressor=alg.compressors.identity()), "indices, values"),
+    (dict(transport_options={"delta": 0.3}), "takes no transport_options"),
+    (dict(transport="sparse_allreduce",
+          transport_options={"algorithm": "tree"}), "unknown algorithm"),
+])
+def test_bad_transports_are_refused(kwargs, match):
+  args = dict(compressor=alg.compressors.top_k(k=2),
+              rule=alg.aggregators.mean(), key=jax.random.key(0))
+  args.update(kwargs)
+
+  def step(u):
+    rounds = dist.Rounds(comm_stats.init_comm_stats(4))
+    state = args["rule"].init(u, dist.num_workers())
+    return dist.exchange(rounds, u, rule_state=state, **args).aggregate
+
+  with pytest.raises(ValueError, match=match):
+    jax.vmap(step, axis_name=dist.WORKERS)(jnp.ones((4, 6)))
