@@ -1,24 +1,36 @@
 """Sparse all-reduce of top-k messages against all-gather-then-decode and dense.
 
-For each number of workers ``n`` the same integer-valued top-k messages
-(``k = density * d`` pairs per worker) are summed three ways, each one
-jitted ``vmap`` over the worker axis (the ``simulate`` runtime, on this
-machine's CPU), timed in alternating rounds so that machine noise hits all
-alike:
+For each number of workers ``n`` the same integer-valued updates are
+averaged three ways, each through the library's own exchange
+(:func:`distoptax.distributed.communication.exchange`, mean rule, run by a
+runtime: ``simulate``, one jitted ``vmap`` over the workers on this
+machine's CPU, or ``on_mesh`` over this machine's devices), timed in
+alternating rounds so that machine noise hits all alike:
 
-* ``sparse``: SparCML's split all-gather
-  (:func:`distoptax.distributed.sparse_allreduce.sparse_all_reduce`);
-* ``all_gather``: today's path for top-k, an all-gather of the messages,
-  a decode of every row into an ``[n, d]`` stack and its sum;
-* ``dense``: each worker decodes its own message and the dense vectors are
-  all-reduced.
+* ``sparse``: top-k (``density * d`` pairs per worker) with
+  ``transport="sparse_allreduce"``, SparCML's split all-gather
+  (:mod:`distoptax.distributed.sparse_allreduce`);
+* ``all_gather``: top-k with the default transport, today's path: an
+  all-gather of the messages, a decode of every row into the ``[n, d]``
+  stack, the mean rule over it;
+* ``dense``: each worker's top-k vector decoded and sent uncompressed (the
+  identity compressor: one dense all-reduce).
 
-The three sums must agree exactly (integer-valued data). Bytes are read
-from the rounds each path recorded: ``handed`` is what one worker hands
-to its collectives (the ``CommStats`` convention), ``link`` what one link
-carries under the ring formulas (``RingTopology`` with ``β = 1``, ``α = 0``:
-an all-gather of ``B`` carries ``(n-1) B``), and ``sim ms`` the simulated
-seconds of those rounds on a ring of ``ALPHA``/``BETA``.
+Every path includes the same top-k encode (timed alone as ``encode``, its
+message the only output) and returns every worker's ``[d]`` mean. The
+three means must agree exactly (integer-valued data, ``n`` a power of two).
+Bytes are read from the rounds each path recorded: ``handed`` is what one
+worker hands to its collectives (the ``CommStats`` convention), ``link``
+what one link carries under the ring formulas (``RingTopology`` with
+``β = 1``, ``α = 0``: an all-gather of ``B`` carries ``(n-1) B``), and
+``sim ms`` the simulated seconds of those rounds on a ring of
+``ALPHA``/``BETA``.
+
+What the CPU time means: under ``simulate`` it is the work of all ``n``
+workers done on one machine (the collectives are array operations), under
+``on_mesh`` with fake CPU devices the collectives are memory copies
+between threads of one machine; neither is a network. The network's time
+is the ``sim ms`` column (the α-β model).
 
 Gradients of data-parallel workers share most of their large coordinates;
 ``shared`` sets how much: worker ``i``'s vector is
@@ -32,20 +44,21 @@ crossovers marked.
 """
 
 import argparse
-import math
+import types
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from distoptax import distributed as dist
+from distoptax.algorithms import aggregators
 from distoptax.algorithms import compressors
 from distoptax.distributed import comm_stats
 from distoptax.distributed import communication
 from distoptax.distributed import sparse_allreduce as sar
 from distoptax.distributed import topologies
 from distoptax.experiments import benchmarks
-from distoptax.worker_axis import collectives
 
 ALPHA = 5e-6
 """Link latency of the simulated ring, seconds per message."""
@@ -54,6 +67,9 @@ BETA = 12.5e9
 """Link bandwidth of the simulated ring, bytes per second (100 Gb/s)."""
 
 PATHS = ("sparse", "all_gather", "dense")
+
+ROUNDS_CAPACITY = 4
+"""Round slots of each path's ``CommStats`` (the split all-gather's most)."""
 
 
 class Row(NamedTuple):
@@ -66,102 +82,153 @@ class Row(NamedTuple):
   link_bytes: float
   simulated_seconds: float
   fill: int
-  dense: bool
 
 
-def messages(num_workers: int, dim: int, density: float, shared: float,
-             seed: int = 0):
-  """Integer-valued vectors and their top-k messages (``[n, ...]``)."""
+def updates(num_workers: int, dim: int, shared: float,
+            seed: int = 0) -> jax.Array:
+  """Integer-valued per-worker vectors, ``[n, d]`` float32."""
   key_s, key_e = jax.random.split(jax.random.key(seed))
   s = jax.random.normal(key_s, (dim,))
   e = jax.random.normal(key_e, (num_workers, dim))
-  x = jnp.round(100.0 * (shared * s + (1.0 - shared) * e))
-  compressor = compressors.top_k(fraction=density)
-  encoded = jax.jit(jax.vmap(compressor.encode, in_axes=(None, 0)))(
-      jax.random.key(0), x)
-  return compressor, encoded
+  return jnp.round(100.0 * (shared * s + (1.0 - shared) * e))
 
 
-def _paths(compressor, dim: int, capacity: int = 5):
-  """The three per-worker reductions, each ``message -> (sum, stats, ...)``."""
+def _exchange_step(compressor, transport, sparsify=None):
+  """A worker step: one ``exchange`` of the batch, the mean as metric."""
+  rule = aggregators.mean()
 
-  def sparse(message):
-    rounds = communication.Rounds(comm_stats.init_comm_stats(capacity))
-    out = sar.sparse_all_reduce(
-        rounds, sar.SparseVector(message.arrays["indices"],
-                                 message.arrays["values"]), dim)
-    return out.total, rounds.finish(), out.dense
+  def init(params):
+    return dist.TrainState(jnp.zeros((), jnp.int32), params,
+                           comm_stats.init_comm_stats(ROUNDS_CAPACITY))
 
-  def all_gather(message):
-    rounds = communication.Rounds(comm_stats.init_comm_stats(capacity))
-    stack = jax.vmap(compressor.decode)(rounds.all_gather(message))
-    return (collectives.sum_over_workers(stack), rounds.finish(),
-            jnp.asarray(True))
+  def update(state, x):
+    if sparsify is not None:   # The dense path sends the top-k vector.
+      x = sparsify.decode(sparsify.encode(jax.random.key(0), x))
+    rounds = communication.Rounds(state.opt_state)
+    out = communication.exchange(
+        rounds, x, compressor=compressor, rule=rule,
+        rule_state=rule.init(x, dist.num_workers()), key=jax.random.key(0),
+        transport=transport)
+    return (state._replace(step=state.step + 1, opt_state=rounds.finish()),
+            out.aggregate)
 
-  def dense(message):
-    rounds = communication.Rounds(comm_stats.init_comm_stats(capacity))
-    total = rounds.all_reduce(compressor.decode(message))
-    return total, rounds.finish(), jnp.asarray(True)
-
-  fns = {"sparse": sparse, "all_gather": all_gather, "dense": dense}
-  return {name: jax.jit(jax.vmap(fn, axis_name=collectives.WORKERS))
-          for name, fn in fns.items()}
+  return dist.WorkerStep(init, update, dist.WORKERS)
 
 
-def _priced(stats, num_workers: int, bandwidth: float,
+def _encode_step(compressor):
+  """The top-k encode alone (no communication), the message as metric."""
+
+  def init(params):
+    return dist.TrainState(jnp.zeros((), jnp.int32), params, ())
+
+  def update(state, x):
+    return state, compressor.encode(jax.random.key(0), x)
+
+  return dist.WorkerStep(init, update, dist.WORKERS)
+
+
+def _steps(density: float) -> dict[str, dist.WorkerStep]:
+  top_k = compressors.top_k(fraction=density)
+  return {
+      "sparse": _exchange_step(top_k, "sparse_allreduce"),
+      "all_gather": _exchange_step(top_k, "default"),
+      "dense": _exchange_step(compressors.identity(), "default",
+                              sparsify=top_k),
+      "encode": _encode_step(top_k),
+  }
+
+
+def _make_runtime(name: str, step: dist.WorkerStep, num_workers: int):
+  return RUNTIMES[name](step, num_workers)
+
+
+def _on_mesh(step: dist.WorkerStep, num_workers: int):
+  devices = jax.device_count()
+  if num_workers % devices:
+    raise ValueError(f"on_mesh: {num_workers} workers do not divide over "
+                     f"{devices} devices")
+  mesh = jax.make_mesh((devices,), (dist.WORKERS,))
+  return dist.on_mesh(step, mesh, num_workers)
+
+
+RUNTIMES = types.MappingProxyType({
+    "simulate": dist.simulate,
+    "on_mesh": _on_mesh,
+})
+"""How the paths run: one ``vmap`` on one device, or over every device."""
+
+
+def _priced(rounds, num_workers: int, bandwidth: float,
             latency: float) -> float:
   ring = topologies.RingTopology(num_workers, bandwidth=bandwidth,
                                  latency=latency)
-  return sum(ring.cost(r.kind, r.bytes, r.participants)
-             for r in comm_stats.clock_rounds(stats))
+  return sum(ring.cost(r.kind, r.bytes, r.participants) for r in rounds)
 
 
 def run(*, workers: Sequence[int] = (8, 32), dim: int = 10**6,
         density: float = 0.01, shared: float = 0.5, rounds: int = 3,
-        repeats: int = 3, seed: int = 0) -> list[Row]:
+        repeats: int = 3, seed: int = 0,
+        runtime: str = "simulate") -> tuple[list[Row], dict[int, float]]:
   """Times and prices the three paths for each number of workers.
+
+  Returns:
+    The rows, and per ``n`` the seconds of the top-k encode alone.
 
   Raises:
     ValueError: on a density outside ``(0, 1]``, ``shared`` outside
-      ``[0, 1]``, or if the three sums disagree.
+      ``[0, 1]``, an unknown runtime, or if the three means disagree.
   """
   if not 0 < density <= 1:
     raise ValueError(f"density must lie in (0, 1]; got {density}")
   if not 0 <= shared <= 1:
     raise ValueError(f"shared must lie in [0, 1]; got {shared}")
-  rows = []
+  if runtime not in RUNTIMES:
+    raise ValueError(f"unknown runtime {runtime!r}; known: "
+                     f"{sorted(RUNTIMES)}")
+  rows, encode = [], {}
   for n in workers:
-    compressor, encoded = messages(n, dim, density, shared, seed)
-    fns = _paths(compressor, dim)
-    outs = {name: jax.block_until_ready(fn(encoded))
-            for name, fn in fns.items()}
-    reference = np.asarray(outs["dense"][0][0])
-    for name, (total, _, _) in outs.items():
-      if not np.array_equal(np.asarray(total[0]), reference):
-        raise ValueError(f"n={n}: the {name} sum differs from the dense sum")
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-      for name, fn in fns.items():
-        times[name].append(
-            benchmarks.median_seconds(lambda f=fn: f(encoded), repeats))
+    x = updates(n, dim, shared, seed)
+    runtimes = {name: _make_runtime(runtime, step, n)
+                for name, step in _steps(density).items()}
+    states = {name: rt.init(jnp.zeros((1,)))
+              for name, rt in runtimes.items()}
+    outs = {}
+
+    def once(name, rts=runtimes, states=states, outs=outs, x=x):
+      states[name], outs[name] = rts[name].step(states[name], x)
+      return outs[name]
+
+    for name in runtimes:
+      jax.block_until_ready(once(name))
+    reference = np.asarray(outs["dense"][0])
     for name in PATHS:
-      total, stats, dense = outs[name]
-      handed = sum(r.bytes for r in comm_stats.clock_rounds(stats))
+      if not np.array_equal(np.asarray(outs[name][0]), reference):
+        raise ValueError(f"n={n}: the {name} mean differs from the dense "
+                         f"mean")
+    times = {name: [] for name in runtimes}
+    for _ in range(rounds):
+      for name in runtimes:
+        times[name].append(
+            benchmarks.median_seconds(lambda f=name: once(f), repeats))
+    encode[n] = float(np.median(times["encode"]))
+    for name in PATHS:
+      recorded = comm_stats.clock_rounds(states[name].opt_state)
+      handed = sum(r.bytes for r in recorded)
       rows.append(Row(
           n, name, float(np.median(times[name])), handed,
-          _priced(stats, n, 1.0, 0.0), _priced(stats, n, BETA, ALPHA),
-          int(np.count_nonzero(np.asarray(total[0]))), bool(dense[0])))
-  return rows
+          _priced(recorded, n, 1.0, 0.0), _priced(recorded, n, BETA, ALPHA),
+          int(np.count_nonzero(np.asarray(outs[name][0])))))
+  return rows, encode
 
 
 def format_table(rows: list[Row]) -> str:
   lines = [f"{'n':>3} {'path':<11} {'ms':>9} {'handed B':>10} "
-           f"{'link B':>11} {'sim ms':>8} {'fill':>8} dense"]
+           f"{'link B':>11} {'sim ms':>8} {'fill':>8}"]
   for r in rows:
     lines.append(
         f"{r.num_workers:>3} {r.path:<11} {1e3 * r.seconds:9.2f} "
         f"{r.handed_bytes:>10} {r.link_bytes:>11.0f} "
-        f"{1e3 * r.simulated_seconds:8.3f} {r.fill:>8} {r.dense}")
+        f"{1e3 * r.simulated_seconds:8.3f} {r.fill:>8}")
   return "\n".join(lines)
 
 
@@ -181,18 +248,25 @@ def ratios(rows: list[Row]) -> list[str]:
 
 
 def check(rows: list[Row], num_workers: int = 32) -> list[str]:
-  """PASS/MISS: sparse beats all-gather-then-decode in time and bytes."""
+  """PASS/MISS: sparse beats all-gather-then-decode in CPU time, link bytes
+  and simulated (α-β) time."""
   by = {r.path: r for r in rows if r.num_workers == num_workers}
   if not by:
     return []
   s, a = by["sparse"], by["all_gather"]
+  verdict = lambda ok: "PASS" if ok else "MISS"
   return [
-      f"{'PASS' if s.seconds < a.seconds else 'MISS'}  n={num_workers} "
-      f"sparse time < all_gather time: {1e3 * s.seconds:.2f} ms vs "
+      f"{verdict(s.seconds < a.seconds)}  n={num_workers} sparse CPU time < "
+      f"all_gather CPU time: {1e3 * s.seconds:.2f} ms vs "
       f"{1e3 * a.seconds:.2f} ms",
-      f"{'PASS' if s.link_bytes < a.link_bytes else 'MISS'}  "
-      f"n={num_workers} sparse link bytes < all_gather link bytes: "
-      f"{s.link_bytes:.0f} vs {a.link_bytes:.0f}",
+      f"{verdict(s.link_bytes < a.link_bytes)}  n={num_workers} sparse link "
+      f"bytes < all_gather link bytes: {s.link_bytes:.0f} vs "
+      f"{a.link_bytes:.0f}",
+      f"{verdict(s.simulated_seconds < a.simulated_seconds)}  "
+      f"n={num_workers} sparse simulated time < all_gather simulated time "
+      f"(ring, alpha={ALPHA:g} s, beta={BETA:g} B/s): "
+      f"{1e3 * s.simulated_seconds:.3f} ms vs "
+      f"{1e3 * a.simulated_seconds:.3f} ms",
   ]
 
 
@@ -276,14 +350,21 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--density", type=float, default=0.01)
   parser.add_argument("--shared", type=float, default=0.5)
   parser.add_argument("--plot", default=None, help="PNG path for the model")
+  parser.add_argument("--runtime", default="simulate",
+                      choices=sorted(RUNTIMES),
+                      help="on_mesh: over every device (fake CPU devices: "
+                      "XLA_FLAGS=--xla_force_host_platform_device_count=8)")
   args = parser.parse_args(argv)
   dim = args.dim or (2**14 if args.quick else 10**6)
-  rows = run(workers=args.workers, dim=dim, density=args.density,
-             shared=args.shared, rounds=1 if args.quick else 3,
-             repeats=2 if args.quick else 3)
-  print(f"device: {jax.devices()[0].device_kind} (simulate: vmap over "
-        f"workers), d={dim}, density={args.density}, shared={args.shared}")
+  rows, encode = run(workers=args.workers, dim=dim, density=args.density,
+                     shared=args.shared, rounds=1 if args.quick else 3,
+                     repeats=2 if args.quick else 3, runtime=args.runtime)
+  print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, "
+        f"runtime {args.runtime}, d={dim}, density={args.density}, "
+        f"shared={args.shared}")
   print(format_table(rows))
+  print("top-k encode alone (in every path): " + ", ".join(
+      f"n={n} {1e3 * t:.2f} ms" for n, t in encode.items()))
   print()
   for line in ratios(rows) + check(rows, max(args.workers)):
     print(line)
