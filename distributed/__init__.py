@@ -5,6 +5,10 @@ from distoptax.distributed.adacomm import AdaCommState
 from distoptax.distributed.aggregate import aggregate
 from distoptax.distributed.aggregate import AggregateState
 from distoptax.distributed.aggregate import find_selected
+from distoptax.distributed.bounded_delay import bounded_delay
+from distoptax.distributed.bounded_delay import BoundedDelayState
+from distoptax.distributed.bounded_delay import DELAY_POLICIES
+from distoptax.distributed.bounded_delay import gradient_at as bounded_delay_gradient_at
 from distoptax.distributed.clock import Clock
 from distoptax.distributed.clock import ClockState
 from distoptax.distributed.clock import Event
@@ -42,6 +46,15 @@ from distoptax.distributed.eager import eager_schedule
 from distoptax.distributed.eager import eager_sgd
 from distoptax.distributed.eager import EagerSchedule
 from distoptax.distributed.eager import EagerSGDState
+from distoptax.distributed.fedasync import ArrivalBatch
+from distoptax.distributed.fedasync import arrival_batches
+from distoptax.distributed.fedasync import clients as fedasync_clients
+from distoptax.distributed.fedasync import fedasync
+from distoptax.distributed.fedasync import FedAsyncState
+from distoptax.distributed.fedasync import fedbuff
+from distoptax.distributed.fedasync import schedule_batches
+from distoptax.distributed.fedasync import STALENESS_FUNCTIONS
+from distoptax.distributed.fedasync import staleness_function
 from distoptax.distributed.federated import diloco
 from distoptax.distributed.federated import fedadagrad
 from distoptax.distributed.federated import fedadam
@@ -214,4 +227,17 @@ __all__ = [
     "partial_aggregate",
     "rps",
     "scheduled",
+    "ArrivalBatch",
+    "BoundedDelayState",
+    "DELAY_POLICIES",
+    "FedAsyncState",
+    "STALENESS_FUNCTIONS",
+    "arrival_batches",
+    "bounded_delay",
+    "bounded_delay_gradient_at",
+    "fedasync",
+    "fedasync_clients",
+    "fedbuff",
+    "schedule_batches",
+    "staleness_function",
 ]

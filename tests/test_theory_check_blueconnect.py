@@ -7,14 +7,14 @@ import pytest
 
 from distoptax.theory_checks import blueconnect_scaling
 from distoptax.theory_checks import harness
+from tests import theory_notebooks
 
 
-@pytest.fixture(scope="module")
-def quick():
-  return blueconnect_scaling.run(quick=True, progress=False)
+pytestmark = theory_notebooks.group("communication")
 
 
 def test_quick_run_passes_every_sub_claim(quick):
+  quick = quick("blueconnect_scaling")
   assert quick.verdict == harness.PASS, str(quick)
   assert [c.key for c in quick.sub_claims] == list(
       blueconnect_scaling.SUB_CLAIM_KEYS)
@@ -29,6 +29,7 @@ def test_quick_run_passes_every_sub_claim(quick):
 
 
 def test_result_writes_json_and_png(quick, tmp_path):
+  quick = quick("blueconnect_scaling")
   json_path, png_path = harness.write_result(quick, tmp_path)
   data = json.loads(open(json_path).read())
   assert data["verdict"] == "PASS" and data["measured"] == 7.0

@@ -1,27 +1,22 @@
 """Theory-check harness, the registered checks (quick mode), their notebooks.
 
-The quick checks run once, inside the three family notebooks of
+The quick checks run once, inside the family notebooks of
 ``theory_checks/notebooks/`` executed with nbclient (as a user would run
-them); the tests read the results the notebooks computed. The tests of one
-family share an xdist group, so that ``pytest -n 3 --dist loadgroup
-tests/test_theory_checks.py`` runs the three notebooks in parallel, each
-once.
+them; ``tests/theory_notebooks.py``, session fixtures ``notebooks`` and
+``quick``); the tests read the results the notebooks computed. The tests of
+one family share an xdist group, so that ``pytest -n 2 --dist loadgroup``
+runs each notebook once.
 """
 
 import dataclasses
 import importlib
 import itertools
 import json
-import pathlib
-import pickle
 
 from IPython.lib import pretty
 import jax
 import jax.numpy as jnp
-from jupyter_client import manager
 from matplotlib import figure
-import nbclient
-import nbformat
 import numpy as np
 import pytest
 
@@ -34,68 +29,17 @@ from distoptax.theory_checks import minibatch_sgd
 from distoptax.theory_checks import qsgd_variance
 from distoptax.theory_checks import run_all
 from distoptax.theory_checks import threelc_mnist
+from tests import theory_notebooks
 
-NOTEBOOKS = (pathlib.Path(__file__).resolve().parent.parent / "theory_checks"
-             / "notebooks")
-
-FAMILIES = {
-    "sgd": ("minibatch_and_byzantine_sgd.ipynb",
-            ("minibatch_sgd", "byzantine_sgd_rate")),
-    "compressors": ("compressors.ipynb",
-                    ("qsgd_variance", "topk_error_feedback",
-                     "threelc_mnist")),
-    "empires": ("fall_of_empires.ipynb", ("fall_of_empires",)),
-}
-"""Family -> (notebook, the checks it runs)."""
-
-FAMILY_OF = {check: family for family, (_, checks) in FAMILIES.items()
-             for check in checks}
-
-
-def _group(family):
-  return pytest.mark.xdist_group(f"theory_{family}")
+FAMILIES = theory_notebooks.FAMILIES
+FAMILY_OF = theory_notebooks.FAMILY_OF
+_group = theory_notebooks.group
 
 
 def _per_check():
   """Parameters over the registered checks, each in its family's group."""
   return [pytest.param(name, marks=_group(FAMILY_OF[name]))
           for name in sorted(theory_checks.CHECKS)]
-
-
-def _execute(family, workdir):
-  """Runs a family's notebook; returns it executed and its ``results``."""
-  notebook = nbformat.read(NOTEBOOKS / FAMILIES[family][0], as_version=4)
-  out = workdir / "results.pkl"
-  # Hands the notebook's results to the tests (not part of the notebook).
-  notebook.cells.append(nbformat.v4.new_code_cell(
-      f"import pickle\nwith open({str(out)!r}, 'wb') as f:\n"
-      "  pickle.dump(results, f)"))
-  kernel = manager.KernelManager(kernel_name="python3", transport="ipc",
-                                 ip=str(workdir / "kernel"))
-  nbclient.NotebookClient(
-      notebook, km=kernel, timeout=600,
-      resources={"metadata": {"path": str(workdir)}}).execute()
-  with open(out, "rb") as f:
-    results = pickle.load(f)
-  return notebook, results
-
-
-@pytest.fixture(scope="module")
-def notebooks(tmp_path_factory):
-  """``notebooks(family) -> (executed notebook, results)``, run once each."""
-  executed = {}
-
-  def get(family):
-    if family not in executed:
-      executed[family] = _execute(family, tmp_path_factory.mktemp(family))
-    return executed[family]
-  return get
-
-
-@pytest.fixture(scope="module")
-def quick(notebooks):
-  """``quick(name)``: the check's quick result, computed by its notebook."""
-  return lambda name: notebooks(FAMILY_OF[name])[1][name]
 
 
 def _with_expected(result, expected):
@@ -163,7 +107,6 @@ def test_every_check_in_quick_mode(quick, name):
               if set(module.QUICK_ASSESSED) != set(module.SUB_CLAIM_KEYS)
               else harness.PASS)
   assert result.verdict == expected, str(result)
-  assert result.y.shape[0] == 3  # Quick mode: 3 seeds.
   assert result.ci[0] <= result.measured <= result.ci[1]
 
 

@@ -1,8 +1,9 @@
-"""Theory checks of the local-SGD family in quick mode, with negative controls.
+"""Theory checks of the local-SGD family: quick figures and negative controls.
 
-Each check runs once per module (fixtures), its negative control once more;
-all tests share one xdist group so that ``pytest -n 3 --dist loadgroup``
-keeps them on one worker.
+The quick results are those the family notebook computed (session fixture
+``quick``, ``tests/theory_notebooks.py``); each negative control runs once
+more here. All tests share the family's xdist group, so that ``pytest -n 2
+--dist loadgroup`` runs the notebook once.
 """
 
 import json
@@ -18,31 +19,12 @@ from distoptax.theory_checks import harness
 from distoptax.theory_checks import local_adaalter_mnist
 from distoptax.theory_checks import local_sgd_error_floor
 from distoptax.theory_checks import slsgd_attack
+from tests import theory_notebooks
 
-pytestmark = pytest.mark.xdist_group("theory_local")
+pytestmark = theory_notebooks.group("local")
 
 CHECKS = (local_sgd_error_floor, adacomm_wall_clock, local_adaalter_mnist,
           slsgd_attack)
-
-
-@pytest.fixture(scope="module")
-def floor():
-  return local_sgd_error_floor.run(quick=True, progress=False)
-
-
-@pytest.fixture(scope="module")
-def adacomm():
-  return adacomm_wall_clock.run(quick=True, progress=False)
-
-
-@pytest.fixture(scope="module")
-def adaalter():
-  return local_adaalter_mnist.run(quick=True, progress=False)
-
-
-@pytest.fixture(scope="module")
-def slsgd():
-  return slsgd_attack.run(quick=True, progress=False)
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.NAME)
@@ -51,7 +33,8 @@ def test_check_declares_its_sub_claims(check):
   assert callable(check.run) and callable(check.main)
 
 
-def test_error_floor_quick_passes_and_matches_the_exact_prediction(floor):
+def test_error_floor_quick_passes_and_matches_the_exact_prediction(quick):
+  floor = quick("local_sgd_error_floor")
   assert floor.verdict == harness.PASS
   noise, drift = floor.sub_claims
   assert abs(noise.value + 1) <= 0.15 and abs(drift.value - 1) <= 0.2
@@ -73,7 +56,8 @@ def test_error_floor_refuses_a_period_of_one():
     local_sgd_error_floor.run(quick=True, progress=False, periods=(1, 2))
 
 
-def test_adacomm_quick_passes_with_the_trade_off(adacomm):
+def test_adacomm_quick_passes_with_the_trade_off(quick):
+  adacomm = quick("adacomm_wall_clock")
   assert adacomm.verdict == harness.PASS
   ex = adacomm.extras
   assert ex["speedup"] >= 2
@@ -92,7 +76,8 @@ def test_adacomm_frozen_period_fails_the_speedup():
   assert np.all(result.extras["adacomm_period"] == 16)
 
 
-def test_adaalter_quick_passes(adaalter):
+def test_adaalter_quick_passes(quick):
+  adaalter = quick("local_adaalter_mnist")
   assert adaalter.verdict == harness.PASS
   gap, fewer, faster = adaalter.sub_claims
   assert gap.value <= 1.02
@@ -100,14 +85,16 @@ def test_adaalter_quick_passes(adaalter):
   assert adaalter.extras["syncs"]["sync_adaalter"] == 600
 
 
-def test_adaalter_without_accumulator_averaging_is_far_worse(adaalter):
+def test_adaalter_without_accumulator_averaging_is_far_worse(quick):
+  adaalter = quick("local_adaalter_mnist")
   control = local_adaalter_mnist.run(quick=True, progress=False,
                                      average_accumulators=False)
   assert control.failed and not control.sub_claims[0].holds
   assert control.sub_claims[0].value > adaalter.sub_claims[0].value + 0.2
 
 
-def test_slsgd_survives_while_fedavg_collapses(slsgd):
+def test_slsgd_survives_while_fedavg_collapses(quick):
+  slsgd = quick("slsgd_attack")
   assert slsgd.verdict == harness.PASS
   table = slsgd.extras["table"]
   assert table["slsgd"]["attacked"] >= table["slsgd"]["clean"] - 0.03
@@ -135,9 +122,9 @@ def test_scaled_negative_model_sends_the_reversed_model():
   np.testing.assert_allclose(sent[1], x - local[1])
 
 
-@pytest.mark.parametrize("name", ["floor", "adacomm", "adaalter", "slsgd"])
-def test_results_write_json_and_png(name, request, tmp_path):
-  result = request.getfixturevalue(name)
+@pytest.mark.parametrize("name", [c.NAME for c in CHECKS])
+def test_results_write_json_and_png(name, quick, tmp_path):
+  result = quick(name)
   json_path, png_path = harness.write_result(result, tmp_path)
   with open(json_path) as f:
     saved = json.load(f)

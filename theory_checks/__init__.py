@@ -39,6 +39,16 @@ _CHECK_MODULES = (
     "qsgd_variance",
     "topk_error_feedback",
     "threelc_mnist",
+    "local_sgd_error_floor",
+    "adacomm_wall_clock",
+    "local_adaalter_mnist",
+    "slsgd_attack",
+    "blueconnect_scaling",
+    "cser_mnist",
+    "eager_sgd_imbalance",
+    "unreliable_networks",
+    "fedasync_staleness",
+    "price_of_asynchrony",
 )
 """The registry: each check's name is its module's name in this package."""
 

@@ -393,7 +393,8 @@ def figure(result: harness.CheckResult):
   right.set_xlabel(result.x_label)
   right.set_ylabel("reduction vs flat ring")
   right.legend(fontsize=7)
-  fig.suptitle(f"{result.claim.name}: {result.verdict}", fontsize=10)
+  left.set_title(f"{result.claim.name}: {result.verdict}", fontsize=10)
+  right.set_title("reduction against the flat ring", fontsize=10)
   fig.tight_layout()
   return fig
 

@@ -340,7 +340,8 @@ def _plot(result: harness.CheckResult) -> Any:
     ax.plot(times, accuracy, label=mode)
   ax.set_xlabel(result.x_label)
   ax.set_ylabel(result.y_label)
-  ax.set_title("eager-SGD vs synchronous SGD under load imbalance (seed 0)")
+  ax.set_title(f"{result.claim.name}: {result.verdict} (eager-SGD vs "
+               "synchronous SGD under load imbalance, seed 0)", fontsize=10)
   ax.legend()
   return fig
 

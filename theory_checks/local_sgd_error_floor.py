@@ -401,13 +401,13 @@ def plot_floor(result: harness.CheckResult) -> Any:
   left, right = fig.subplots(1, 2)
   _panel(left, result.x, result.y, ex["noise_fit"], NOISE_SLOPE[0],
          ex["predicted_noise"], "workers m", "noise term f(w_bar) - f*",
-         f"(a) noise term, tau = {cfg['noise_period']}")
+         f"{result.claim.name}: {result.verdict}\n(a) noise term, tau = "
+         f"{cfg['noise_period']}")
   _panel(right, np.asarray(ex["tau_minus_1"]), np.asarray(ex["drift"]),
          ex["drift_fit"], DRIFT_SLOPE[0], ex["predicted_drift"],
          "tau - 1", "drift term mean_i (w_i - w_bar)' H (w_i - w_bar) / 2",
          f"(b) drift term, m = {cfg['drift_workers']}")
-  fig.suptitle(f"{result.claim.name}: {result.verdict}  (eta = "
-               f"{cfg['learning_rate']}, sigma = {cfg['noise_std']})",
+  fig.suptitle(f"eta = {cfg['learning_rate']}, sigma = {cfg['noise_std']}",
                fontsize=10)
   fig.tight_layout()
   return fig
