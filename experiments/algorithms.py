@@ -80,12 +80,14 @@ class Timing(NamedTuple):
       when reported). It checks that the step ran what the model priced.
     seconds: ``seconds(state, t) -> float``, the run's simulated seconds
       after ``t`` steps, ``state`` the clock after them.
+    description: how the seconds are made, for ``config.json``.
   """
 
   init: Callable[[], dist.ClockState]
   advance: Callable[[dist.ClockState, int, Mapping[str, Any]],
                     dist.ClockState]
   seconds: Callable[[dist.ClockState, int], float]
+  description: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,8 +407,14 @@ def _deadline(config: TrainConfig, pieces: Pieces) -> _Partial:
       _mismatch("the rounds", t, recorded, rounds)
     return state
 
-  timing = Timing(clock.init, advance,
-                  lambda state, t: float(state.time.max()))
+  timing = Timing(
+      clock.init, advance, lambda state, t: float(state.time.max()),
+      "distributed.deadline_schedule on the clock, one step at a time: "
+      "each step starts when the last one ends; every worker computes one "
+      "local step; those done within deadline_seconds of the start take "
+      "part; the step's rounds start at the deadline (or when all are "
+      "done) and run over every worker (the late ones receive the model); "
+      "simulated_seconds is the step's end")
   return _Partial(_partial_exchange(config, pieces, participation), timing)
 
 
@@ -467,7 +475,15 @@ def _eager_timing(clock: dist.Clock, plan: dist.EagerSchedule,
     del state
     return 0.0 if t == 0 else float(plan.end[t - 1])
 
-  return Timing(lambda: clock.compute_steps(clock.init()), advance, seconds)
+  return Timing(
+      lambda: clock.compute_steps(clock.init()), advance, seconds,
+      "distributed.eager_schedule on the clock (mode eager_mode, limiter "
+      "eager_limiter): each worker's gradient ends at its clock; a round "
+      "starts at its mode's trigger (first finisher, the shared initiator's "
+      "finish, or the last finisher), the workers done by then are ready, "
+      "the all-reduce of the gradient runs over every worker, and the ready "
+      "workers start their next gradient when it ends; simulated_seconds "
+      "is the end of the step's round")
 
 
 def _find(opt_state: Any, kind: type) -> Any:

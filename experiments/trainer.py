@@ -29,7 +29,12 @@ the workers' clocks run apart between syncs and a period costs
 is saved in every checkpoint and restored on resume, so a resumed run's
 simulated seconds continue exactly as an uninterrupted run's. AdaComm with
 an interval in simulated seconds reads the clock before every step (a host
-input of the step).
+input of the step). An algorithm whose system model is a schedule of its
+own (a deadline, eager-SGD's partial all-reduce) brings an
+``algorithms.Timing`` that advances the clock one step at a time through
+that schedule (prefix-consistent, so a run whose step budget grows on
+resume continues it exactly) and checks that each step ran what the
+schedule priced.
 """
 
 import os
@@ -115,20 +120,31 @@ def system_model(config: TrainConfig) -> dist.SystemModel:
       topology=config.topology, seed=config.seed)
 
 
-def describe_time(clock: dist.Clock) -> dict[str, Any]:
-  """How the run's simulated seconds are made, for ``config.json``."""
-  return {
-      **clock.describe(),
-      "simulated_seconds": (
-          "a persistent per-worker clock: each step, every participating "
-          "worker computes one local step (compute_seconds * imbalance_i + "
-          "a straggler delay drawn from (seed, step, worker)), then the "
-          "step's communication rounds, as its transforms recorded them "
-          "(kind, bytes, participants), are charged in order under the "
-          "topology, each paying its latency and waiting for its "
-          "participants only; simulated_seconds is the latest worker "
-          "clock"),
-  }
+_SYNC_TIME = (
+    "a persistent per-worker clock: each step, every participating "
+    "worker computes one local step (compute_seconds * imbalance_i + "
+    "a straggler delay drawn from (seed, step, worker)), then the "
+    "step's communication rounds, as its transforms recorded them "
+    "(kind, bytes, participants), are charged in order under the "
+    "topology, each paying its latency and waiting for its "
+    "participants only; simulated_seconds is the latest worker "
+    "clock")
+
+
+def describe_time(clock: dist.Clock,
+                  timing: algorithms.Timing | None = None) -> dict[str, Any]:
+  """How the run's simulated seconds are made, for ``config.json``.
+
+  Args:
+    clock: the run's clock.
+    timing: the algorithm's own timing, or ``None`` (:func:`default_timing`).
+
+  Returns:
+    The clock's description and ``simulated_seconds``, in words.
+  """
+  return {**clock.describe(),
+          "simulated_seconds": _SYNC_TIME if timing is None
+                               else timing.description}
 
 
 def clock_step(clock: dist.Clock, state: dist.ClockState,
@@ -163,7 +179,7 @@ def default_timing(clock: dist.Clock) -> algorithms.Timing:
   """
   return algorithms.Timing(
       clock.init, lambda state, t, metrics: clock_step(clock, state, metrics),
-      lambda state, t: float(state.time.max()))
+      lambda state, t: float(state.time.max()), _SYNC_TIME)
 
 
 def _with_round_records(
@@ -637,7 +653,8 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
   timing = algorithm.timing or default_timing(clock)
   if primary:
     metrics_io.write_config(workdir, config.to_json(),
-                            system_model=describe_time(clock))
+                            system_model=describe_time(clock,
+                                                       algorithm.timing))
   sample = _make_sampler(data, parts, config.batch_size, config.seed,
                          _flipped_workers(config, data))
 
