@@ -77,6 +77,16 @@ pairs per worker and a reduced fill ``K``:
 decode costs :math:`(n-1)\alpha + (n-1) k (i+v)/\beta` and the dense ring
 all-reduce :math:`2(n-1)\alpha + 2\frac{n-1}{n} d v/\beta`.
 
+:math:`T_{\text{split}}` is the paper's two phases; the implementation
+adds the 8-byte all-gather of round (2) (an allgatherv's size exchange),
+which the clock charges as one more all-gather (``(n-1)α`` on a ring), and
+every block of stage 3 travels at the fullest block's rung ``B`` (static
+shapes), so the clock's ring all-gather charges ``(n-1) B/β`` where the
+model charges ``(n-1)/n · K(i+v)/β`` (``B ≥ K(i+v)/n``). At small messages the
+latency terms decide: one all-gather of the messages (``(n-1)α``) beats
+three rounds (``3(n-1)α``) unless ``α`` is below the bytes saved per
+round trip (see ``experiments/collectives_bench.py``).
+
 References:
   Renggli, Ashkboos, Aghagolzadeh, Alistarh, Hoefler, "SparCML:
   High-Performance Sparse Communication for Machine Learning", SC 2019,
