@@ -17,7 +17,9 @@ alternating rounds so that machine noise hits all alike:
   identity compressor: one dense all-reduce).
 
 Every path includes the same top-k encode (timed alone as ``encode``, its
-message the only output) and returns every worker's ``[d]`` mean. The
+message the only output) and returns every worker's ``[d]`` mean; the
+``-encode`` column is the median over rounds of a path's time minus the
+encode's time in the same round (what the transport adds). The
 three means must agree exactly (integer-valued data, ``n`` a power of two).
 Bytes are read from the rounds each path recorded: ``handed`` is what one
 worker hands to its collectives (the ``CommStats`` convention), ``link``
@@ -78,6 +80,7 @@ class Row(NamedTuple):
   num_workers: int
   path: str
   seconds: float
+  beyond_encode: float
   handed_bytes: int
   link_bytes: float
   simulated_seconds: float
@@ -212,21 +215,24 @@ def run(*, workers: Sequence[int] = (8, 32), dim: int = 10**6,
             benchmarks.median_seconds(lambda f=name: once(f), repeats))
     encode[n] = float(np.median(times["encode"]))
     for name in PATHS:
+      # Paired per round: the same noise hits a path and the encode.
+      beyond = float(np.median(np.subtract(times[name], times["encode"])))
       recorded = comm_stats.clock_rounds(states[name].opt_state)
       handed = sum(r.bytes for r in recorded)
       rows.append(Row(
-          n, name, float(np.median(times[name])), handed,
+          n, name, float(np.median(times[name])), beyond, handed,
           _priced(recorded, n, 1.0, 0.0), _priced(recorded, n, BETA, ALPHA),
           int(np.count_nonzero(np.asarray(outs[name][0])))))
   return rows, encode
 
 
 def format_table(rows: list[Row]) -> str:
-  lines = [f"{'n':>3} {'path':<11} {'ms':>9} {'handed B':>10} "
-           f"{'link B':>11} {'sim ms':>8} {'fill':>8}"]
+  lines = [f"{'n':>3} {'path':<11} {'ms':>9} {'-encode':>9} "
+           f"{'handed B':>10} {'link B':>11} {'sim ms':>8} {'fill':>8}"]
   for r in rows:
     lines.append(
         f"{r.num_workers:>3} {r.path:<11} {1e3 * r.seconds:9.2f} "
+        f"{1e3 * r.beyond_encode:9.2f} "
         f"{r.handed_bytes:>10} {r.link_bytes:>11.0f} "
         f"{1e3 * r.simulated_seconds:8.3f} {r.fill:>8}")
   return "\n".join(lines)
@@ -242,6 +248,7 @@ def ratios(rows: list[Row]) -> list[str]:
       o = by[other]
       out.append(
           f"n={n}: {other}/sparse  time {o.seconds / s.seconds:.2f}x  "
+          f"beyond encode {o.beyond_encode / s.beyond_encode:.2f}x  "
           f"link bytes {o.link_bytes / s.link_bytes:.2f}x  "
           f"simulated {o.simulated_seconds / s.simulated_seconds:.2f}x")
   return out
