@@ -391,11 +391,24 @@ def local_sgd(
     def local_phase(grads):
       if proximal:
         grads = local_math.proximal_gradient(grads, params, x, proximal_mu)
-      u, inner_state = inner.update(grads, state.inner_state, params,
-                                    **extra_args)
-      u = _cast_like(u, params)
 
-      def synced(u, inner_state):
+      def inner_step(grads):
+        u, inner_state = inner.update(grads, state.inner_state, params,
+                                      **extra_args)
+        return _cast_like(u, params), inner_state
+
+      u, inner_state = inner_step(grads)
+      # Only what a sync changes goes through the conditional. The sync
+      # branch recomputes the inner step from the gradients rather than
+      # receiving it, and the per-worker updates (and the inner state under
+      # "keep") are chosen after it: a local step then writes the updates
+      # in the pass that applies them, as a plain optimizer step does, and
+      # copies no model-sized buffer through the branch that keeps them.
+      routes_inner = state_policy != "keep"
+
+      def synced(grads, inner_state):
+        del inner_state
+        u, inner_state = inner_step(grads)
         key, next_key = communication.step_keys(state.key)
         pseudo = jax.tree.map(lambda g, w, d: (g - (w + d)).astype(w.dtype),
                               x, params, u)
@@ -411,23 +424,30 @@ def local_sgd(
         outer_updates, outer_state = outer.update(out.aggregate,
                                                   state.outer_state, x)
         new_global = _cast_like(optax.apply_updates(x, outer_updates), x)
-        inner_state = apply_policy(inner_state, new_global)
-        moved = jax.tree.map(lambda g, w: (g - w).astype(w.dtype),
-                             new_global, params)
-        return _Carry(moved, inner_state, worker_state, new_global,
+        inner_state = (apply_policy(inner_state, new_global) if routes_inner
+                       else ())
+        return _Carry((), inner_state, worker_state, new_global,
                       outer_state, out.rule_state,
                       out.memory if error_feedback else (),
                       state.warmup_error, jnp.zeros((), jnp.int32),
                       state.num_syncs + 1, next_key)
 
-      def stay(u, inner_state):
-        return _Carry(u, inner_state, state.worker_state, x,
+      def stay(grads, inner_state):
+        del grads
+        return _Carry((), inner_state, state.worker_state, x,
                       state.outer_state, state.rule_state, state.error,
                       state.warmup_error, state.since_sync + 1,
                       state.num_syncs, state.key)
 
-      return rounds.cond(state.since_sync + 1 >= state.period, synced, stay,
-                         u, inner_state)
+      sync_now = state.since_sync + 1 >= state.period
+      carry = rounds.cond(sync_now, synced, stay, grads,
+                          inner_state if routes_inner else ())
+      updates = jax.tree.map(
+          lambda g, w, d: jnp.where(sync_now, (g - w).astype(w.dtype), d),
+          carry.global_params, params, u)
+      return carry._replace(
+          updates=updates,
+          inner_state=carry.inner_state if routes_inner else inner_state)
 
     def warmup_phase(grads):
       key, next_key = communication.step_keys(state.key)
