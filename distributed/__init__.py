@@ -33,6 +33,8 @@ from distoptax.distributed.comm_stats import KINDS
 from distoptax.distributed.comm_stats import RoundRecord
 from distoptax.distributed.communication import exchange
 from distoptax.distributed.communication import Rounds
+from distoptax.distributed.communication import sparse_pairs
+from distoptax.distributed.communication import TRANSPORTS
 from distoptax.worker_axis.keys import transform_key
 from distoptax.distributed.comm_stats import find_comm_stats
 from distoptax.distributed.comm_stats import total_bytes
@@ -95,6 +97,9 @@ from distoptax.distributed.schedules import AsyncSchedule
 from distoptax.distributed.schedules import deadline_schedule
 from distoptax.distributed.schedules import DeadlineSchedule
 from distoptax.distributed.schedules import drop_schedule
+from distoptax.distributed.sparse_allreduce import sparse_all_reduce
+from distoptax.distributed.sparse_allreduce import SparseSum
+from distoptax.distributed.sparse_allreduce import SparseVector
 from distoptax.distributed.stragglers import ComputeModel
 from distoptax.distributed.stragglers import Straggler
 from distoptax.distributed.system_model import ExponentialDelay
@@ -117,6 +122,7 @@ from distoptax.distributed.topologies import HierarchicalTopology
 from distoptax.distributed.topologies import make_topology
 from distoptax.distributed.topologies import ParameterServerTopology
 from distoptax.distributed.topologies import RingTopology
+from distoptax.distributed.topologies import sendrecv_seconds
 from distoptax.distributed.topologies import Topology
 from distoptax.distributed.topologies import TreeTopology
 
@@ -240,4 +246,10 @@ __all__ = [
     "fedbuff",
     "schedule_batches",
     "staleness_function",
+    "SparseSum",
+    "SparseVector",
+    "TRANSPORTS",
+    "sendrecv_seconds",
+    "sparse_all_reduce",
+    "sparse_pairs",
 ]

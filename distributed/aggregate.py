@@ -1,6 +1,6 @@
 """The communicating transformation: move updates over the worker axis."""
 
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import chex
 import jax
@@ -63,6 +63,8 @@ def aggregate(
     *,
     compressor: compressors.Compressor | None = None,
     error_feedback: bool = False,
+    transport: str = "default",
+    transport_options: Mapping[str, Any] | None = None,
     axis_name: str = collectives.WORKERS,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
@@ -79,7 +81,10 @@ def aggregate(
   summed by one all-reduce and decoded once:
   :math:`\hat u = \mathrm{decode}(\sum_i m_i) / n`. Otherwise the messages are
   all-gathered, decoded worker by worker and the rule sees the stack
-  ``[n, ...]``. Every worker ends with the same :math:`\hat u`.
+  ``[n, ...]``. Every worker ends with the same :math:`\hat u`. With
+  ``transport="sparse_allreduce"`` a mean of sparse messages (top-k,
+  threshold) is summed by SparCML's sparse all-reduce instead of the
+  all-gather, never building the ``[n, ...]`` stack.
 
   With ``error_feedback=True`` each worker keeps a memory :math:`e_i`
   (zero at ``init``) of what its messages failed to carry:
@@ -108,6 +113,13 @@ def aggregate(
     compressor: how updates travel; ``None`` sends them uncompressed.
     error_feedback: keep a per-worker error memory (see above) so that a
       biased compressor (top-k, sign) still converges.
+    transport: how the messages travel, a key of
+      ``communication.TRANSPORTS``: ``"default"`` (above) or
+      ``"sparse_allreduce"`` (the mean rule and (index, value) messages;
+      its stages are recorded as rounds).
+    transport_options: keyword arguments of
+      ``sparse_allreduce.sparse_all_reduce`` (``algorithm``, ``delta``,
+      capacities) for ``transport="sparse_allreduce"``.
     axis_name: the logical worker axis.
     seed: seed of the transform's key stream, from which the per-worker
       compression keys are derived; salted with :data:`KEY_NAME`.
@@ -120,6 +132,7 @@ def aggregate(
   Raises:
     TypeError: if ``compressor`` is not a ``Compressor`` (``dist.powersgd``
       in particular goes in the chain, not here).
+    ValueError: for an unknown ``transport``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -148,12 +161,21 @@ def aggregate(
         f"aggregate(compressor=...) takes a Compressor (e.g. "
         f"alg.compressors.qsgd(...)) or None; got {compressor!r}")
 
+  if transport not in communication.TRANSPORTS:
+    raise ValueError(f"aggregate: unknown transport {transport!r}; known: "
+                     f"{sorted(communication.TRANSPORTS)}")
+
   def init_fn(params: optax.Params) -> AggregateState:
     error = communication.init_memory(params) if error_feedback else ()
+    num_workers = collectives.num_workers(axis_name)
+    # The sparse all-reduce runs up to four rounds (recursive doubling: one
+    # per doubling stage).
+    capacity = (1 if transport == "default"
+                else max(4, (num_workers - 1).bit_length()))
     return AggregateState(
-        rule_state=rule.init(params, collectives.num_workers(axis_name)),
+        rule_state=rule.init(params, num_workers),
         key=keys.transform_key(seed, KEY_NAME),
-        comm=comm_stats.init_comm_stats(capacity=1),
+        comm=comm_stats.init_comm_stats(capacity=capacity),
         error=error)
 
   def update_fn(
@@ -169,6 +191,7 @@ def aggregate(
         rounds, updates, compressor=compressor, rule=rule,
         rule_state=state.rule_state, key=key,
         memory=state.error if error_feedback else None, params=params,
+        transport=transport, transport_options=transport_options,
         **extra_args)
     error = out.memory if error_feedback else ()
     return out.aggregate, AggregateState(out.rule_state, next_key,

@@ -6,6 +6,8 @@ r"""Benchmarks that print ratios measured side by side in one run.
       [--num_workers=8] [--batch_size=2] [--hidden=5120] [--rounds=7]
   python -m distoptax.experiments.bench local [--num_workers=8]
       [--batch_size=32] [--hidden=128] [--rounds=11] [--repeats=50]
+  python -m distoptax.experiments.bench collectives [--num_workers=8,32]
+      [--dims=1e6] [--runtime=simulate|on_mesh] [--rounds=3] [--repeats=3]
   python -m distoptax.experiments.bench aggregators [--num_workers=8,32,128]
       [--dims=10000,1000000] [--rules=median,krum,...] [--rounds=5]
       [--repeats=3] [--byzfl=auto|on|off]
@@ -26,6 +28,13 @@ give (see ``benchmarks.skipped_sync_cost``).
 plain step of the same optimizer (target: at most 1.05x), and its step
 that syncs against a synchronous ``aggregate(mean)`` step (target: at most
 1x), timed side by side (see ``benchmarks.local_step_cost``).
+
+``collectives``: the mean of top-k messages at 1% density (``d = 1e6``,
+``n = 8, 32``) through ``communication.exchange`` three ways, run by a
+runtime: SparCML's sparse all-reduce, the default all-gather-then-decode
+and a dense all-reduce; CPU time, link bytes and the alpha-beta model's
+time side by side (see ``experiments.collectives_bench``), with PASS/MISS
+lines for the sparse path against all-gather at ``n = 32``.
 
 ``aggregators``: every aggregation rule and pre-aggregation on one float32
 stack ``[n, d]`` per size, against the plain mean (coordinate-wise rules),
@@ -53,6 +62,7 @@ import jax
 
 from distoptax.experiments import aggregator_bench
 from distoptax.experiments import benchmarks
+from distoptax.experiments import collectives_bench
 from distoptax.experiments import compressor_bench
 from distoptax.experiments import registries
 
@@ -88,9 +98,14 @@ SEED = flags.DEFINE_integer("seed", 0, "aggregators: seed of the data.")
 PERIOD = flags.DEFINE_integer(
     "period", None, "step: time a sync every PERIOD steps against every step.",
     lower_bound=2)
+RUNTIME = flags.DEFINE_enum(
+    "runtime", "simulate", ["simulate", "on_mesh"],
+    "collectives: the runtime that runs the paths (on_mesh on CPU over "
+    "--fake_devices host devices).")
 FAKE_DEVICES = flags.DEFINE_integer(
     "fake_devices", 8,
-    "step --period on CPU: host devices for on_mesh (sets XLA_FLAGS before "
+    "step --period and collectives --runtime=on_mesh on CPU: host devices "
+    "for on_mesh (sets XLA_FLAGS before "
     "JAX starts; ignored when XLA_FLAGS already sets a count).", lower_bound=1)
 
 
@@ -125,12 +140,18 @@ def _step() -> None:
            if "grads_only_ratio" in result else ""))
 
 
-def _period_step(num_workers: int) -> None:
+def _fake_devices() -> None:
+  """Asks for ``--fake_devices`` host devices unless XLA_FLAGS sets a count
+  (before JAX starts its backend)."""
   if "xla_force_host_platform_device_count" not in os.environ.get(
       "XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join(
         [os.environ.get("XLA_FLAGS", ""),
          f"--xla_force_host_platform_device_count={FAKE_DEVICES.value}"])
+
+
+def _period_step(num_workers: int) -> None:
+  _fake_devices()
   batch = 2 if BATCH_SIZE.value == BATCH_SIZE.default else BATCH_SIZE.value
   hidden = ([5120] if HIDDEN.value == HIDDEN.default
             else [int(h) for h in HIDDEN.value])
@@ -161,6 +182,32 @@ def _local() -> None:
                        ("sync_over_aggregate", 1.0)):
     verdict = "PASS" if result[name] <= target else "MISS"
     print(f"{verdict} {name} {result[name]:.3f} (target <= {target})")
+
+
+def _collectives() -> None:
+  if RUNTIME.value == "on_mesh":
+    _fake_devices()
+  dims = _ints(DIMS.value, "dims") if DIMS.value != DIMS.default else [10**6]
+  if len(dims) != 1:
+    raise app.UsageError(f"collectives takes one --dims; got {dims}")
+  workers = _ints(NUM_WORKERS.value or ["8", "32"], "num_workers")
+  try:
+    rows, encode = collectives_bench.run(
+        workers=workers, dim=dims[0],
+        rounds=3 if ROUNDS.value is None else ROUNDS.value,
+        repeats=3 if REPEATS.value is None else REPEATS.value,
+        seed=SEED.value, runtime=RUNTIME.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, "
+        f"runtime {RUNTIME.value}, d={dims[0]}")
+  print(collectives_bench.format_table(rows))
+  print("top-k encode alone (in every path): " + ", ".join(
+      f"n={n} {1e3 * t:.2f} ms" for n, t in encode.items()))
+  print()
+  for line in (collectives_bench.ratios(rows)
+               + collectives_bench.check(rows, max(workers))):
+    print(line)
 
 
 def _aggregators() -> None:
@@ -204,6 +251,7 @@ def _compressors() -> None:
 
 BENCHMARKS = types.MappingProxyType({
     "aggregators": _aggregators,
+    "collectives": _collectives,
     "compressors": _compressors,
     "local": _local,
     "step": _step,

@@ -537,3 +537,35 @@ def test_bad_transports_are_refused(kwargs, match):
 
   with pytest.raises(ValueError, match=match):
     jax.vmap(step, axis_name=dist.WORKERS)(jnp.ones((4, 6)))
+
+
+@pytest.mark.parametrize("runtime", ["simulate", "on_mesh"])
+def test_aggregate_with_the_sparse_transport_equals_the_default(runtime):
+  """dist.aggregate(transport="sparse_allreduce") trains like the default
+  all-gather path on integer-valued gradients (exact sums)."""
+  rng = np.random.default_rng(0)
+  grads = jnp.asarray(rng.integers(-8, 9, (8, 64)).astype(np.float32))
+  finals = {}
+  for transport in ("default", "sparse_allreduce"):
+    tx = optax.chain(
+        dist.aggregate(alg.aggregators.mean(),
+                       compressor=alg.compressors.top_k(k=6),
+                       transport=transport),
+        optax.sgd(1.0))
+
+    def loss_fn(w, g):
+      return jnp.vdot(w, g[0])
+
+    step = dist.data_parallel(loss_fn, tx, replicated_params=True)
+    rt = (dist.simulate(step, 8) if runtime == "simulate" else
+          dist.on_mesh(step, jax.make_mesh((8,), (dist.WORKERS,)), 8))
+    state = rt.init(jnp.zeros(64))
+    for _ in range(3):
+      state, metrics = rt.step(state, grads[:, None, :])
+    finals[transport] = np.asarray(state.params)
+  np.testing.assert_array_equal(finals["default"], finals["sparse_allreduce"])
+
+
+def test_aggregate_refuses_an_unknown_transport():
+  with pytest.raises(ValueError, match="unknown transport 'mpi'"):
+    dist.aggregate(alg.aggregators.mean(), transport="mpi")
