@@ -368,3 +368,25 @@ def test_resume_is_bit_identical(tmp_path, runs, config):
   jax.tree.map(np.testing.assert_array_equal, grown.params, result.params)
   assert _without_elapsed(metrics_io.read(tmp_path / "grow")) == (
       _without_elapsed(rows))
+
+
+def test_a_step_that_ran_other_than_the_schedule_is_refused(runs):
+  # The timing checks each step against its schedule: a gradient of
+  # another size, or other participants, is not silently priced.
+  result, _ = runs(EAGER, "eager")
+  built = trainer.build_algorithm(EAGER, params=result.params)
+  state = built.timing.init()
+  ready = dist.eager_schedule(
+      trainer.system_model(EAGER).clock, 1, mode="majority",
+      message_bytes=_param_bytes(result.params), limiter=4)[1].ready[0]
+  # One all-reduce of 4 bytes too many, as a runtime's per-worker record.
+  comm = dist.CommStats(
+      0, 0, 0, 0, 0, dist.RoundRecord(
+          np.full((4, 1), dist.KINDS.index("all_reduce")),
+          np.full((4, 1), _param_bytes(result.params) + 4), ready[:, None]))
+  with pytest.raises(RuntimeError, match="the rounds of step 1 differ"):
+    built.timing.advance(state, 0, {"comm": comm})
+  built = trainer.build_algorithm(DEADLINE, params=result.params)
+  metrics = {"participation": np.zeros(4), "comm": comm}
+  with pytest.raises(RuntimeError, match="the participants of step 1"):
+    built.timing.advance(built.timing.init(), 0, metrics)
