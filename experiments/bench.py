@@ -8,6 +8,9 @@ r"""Benchmarks that print ratios measured side by side in one run.
       [--batch_size=32] [--hidden=128] [--rounds=11] [--repeats=50]
   python -m distoptax.experiments.bench collectives [--num_workers=8,32]
       [--dims=1e6] [--runtime=simulate|on_mesh] [--rounds=3] [--repeats=3]
+  python -m distoptax.experiments.bench async [--num_workers=8]
+      [--local_steps=4] [--batch_size=32] [--max_staleness=4,16]
+      [--rounds=7] [--repeats=20]
   python -m distoptax.experiments.bench aggregators [--num_workers=8,32,128]
       [--dims=10000,1000000] [--rules=median,krum,...] [--rounds=5]
       [--repeats=3] [--byzfl=auto|on|off]
@@ -36,6 +39,12 @@ and a dense all-reduce; CPU time, link bytes and the alpha-beta model's
 time side by side (see ``experiments.collectives_bench``), with PASS/MISS
 lines for the sparse path against all-gather at ``n = 32``.
 
+``async``: FedAsync's ring buffer against the model's bytes ((K + 1) x,
+read off the state) and one FedAsync step against a synchronous round (H
+local SGD steps per worker, one model all-reduce), with
+``local_sgd(period=H)`` for context (see ``experiments.async_bench``);
+PASS/MISS per K (memory exact, time target 1.3x).
+
 ``aggregators``: every aggregation rule and pre-aggregation on one float32
 stack ``[n, d]`` per size, against the plain mean (coordinate-wise rules),
 the Gram product of the centred stack (distance rules) and, when ByzFL is
@@ -61,6 +70,7 @@ from absl import flags
 import jax
 
 from distoptax.experiments import aggregator_bench
+from distoptax.experiments import async_bench
 from distoptax.experiments import benchmarks
 from distoptax.experiments import collectives_bench
 from distoptax.experiments import compressor_bench
@@ -140,6 +150,14 @@ def _step() -> None:
            if "grads_only_ratio" in result else ""))
 
 
+LOCAL_STEPS = flags.DEFINE_integer(
+    "local_steps", 4, "async: local SGD steps H per arrival and per round.",
+    lower_bound=1)
+MAX_STALENESS = flags.DEFINE_list(
+    "max_staleness", ["4", "16"],
+    "async: ring-buffer caps K, one FedAsync server each.")
+
+
 def _fake_devices() -> None:
   """Asks for ``--fake_devices`` host devices unless XLA_FLAGS sets a count
   (before JAX starts its backend)."""
@@ -210,6 +228,27 @@ def _collectives() -> None:
     print(line)
 
 
+def _async() -> None:
+  workers = _ints(NUM_WORKERS.value or ["8"], "num_workers")
+  if len(workers) != 1:
+    raise app.UsageError(f"async takes one --num_workers; got {workers}")
+  try:
+    result = async_bench.run(
+        num_workers=workers[0], local_steps=LOCAL_STEPS.value,
+        batch_size=BATCH_SIZE.value,
+        max_staleness=[int(k) for k in MAX_STALENESS.value],
+        hidden=tuple(int(h) for h in HIDDEN.value),
+        rounds=7 if ROUNDS.value is None else ROUNDS.value,
+        repeats=20 if REPEATS.value is None else REPEATS.value,
+        seed=SEED.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  print(async_bench.format_table(result))
+  print()
+  for line in async_bench.check(result):
+    print(line)
+
+
 def _aggregators() -> None:
   try:
     rows, status = aggregator_bench.run(
@@ -251,6 +290,7 @@ def _compressors() -> None:
 
 BENCHMARKS = types.MappingProxyType({
     "aggregators": _aggregators,
+    "async": _async,
     "collectives": _collectives,
     "compressors": _compressors,
     "local": _local,
