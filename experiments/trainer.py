@@ -790,8 +790,10 @@ def train(config: TrainConfig, workdir: str, *, resume: bool = False,
     inputs = None
     if algorithm.needs_time:
       # The period rule reads the clock, so each step is charged before
-      # the next one runs (a host round trip per step).
-      advance_clock(_to_host(pending))
+      # the next one runs (a host round trip per step); only the steps not
+      # yet charged come to the host, once.
+      pending[clocked:] = _to_host(pending[clocked:])
+      advance_clock(pending)
       inputs = {"simulated_seconds": np.float32(
           timing.seconds(clock_state, t))}
     state, metrics = runtime.step(state, batch, inputs)

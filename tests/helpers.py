@@ -102,6 +102,37 @@ def mesh_step_bytes(tx, field):
   return params, hlo, int(np.asarray(getattr(stats, field))[0])
 
 
+def simulate_matches_mesh(step, num_workers, num_steps, atol=1e-6):
+  """Runs ``step`` under ``simulate`` and ``on_mesh`` (8 devices) side by side.
+
+  Both start from :func:`mlp_params` and take ``num_steps`` steps on the
+  same :func:`worker_batches`; their parameters must agree to ``atol``.
+
+  Args:
+    step: a ``WorkerStep`` (e.g. ``dist.data_parallel(mlp_loss, tx)``).
+    num_workers: workers (a multiple of 8).
+    num_steps: steps of each runtime.
+    atol: the tolerance on the parameters.
+
+  Returns:
+    ``(simulate_state, mesh_state, hlo_text)``: the final states and the
+    mesh program's lowered text.
+  """
+  sim = dist.simulate(step, num_workers)
+  mesh = dist.on_mesh(step, jax.make_mesh((8,), (dist.WORKERS,)),
+                      num_workers)
+  params = mlp_params(jax.random.key(0))
+  batch = worker_batches(0, num_workers, 4)
+  s1, s2 = sim.init(params), mesh.init(params)
+  hlo = mesh.lower(s2, batch).as_text()
+  for _ in range(num_steps):
+    s1, _ = sim.step(s1, batch)
+    s2, _ = mesh.step(s2, batch)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=atol),
+               s1.params, s2.params)
+  return s1, s2, hlo
+
+
 _CONTRACT_NUM_WORKERS = 4  # Simulated workers in check_compressor_contract.
 
 

@@ -112,17 +112,7 @@ def test_simulate_equals_on_mesh_and_bytes_match_the_program():
                                 message_bytes=196, limiter=3)
   tx = optax.chain(esgd.eager_sgd(plan.ready), optax.sgd(0.1))
   step = dist.data_parallel(helpers.mlp_loss, tx, replicated_params=True)
-  sim = dist.simulate(step, N)
-  mesh = dist.on_mesh(step, jax.make_mesh((N,), (dist.WORKERS,)), N)
-  params = helpers.mlp_params(jax.random.key(0))
-  batch = helpers.worker_batches(0, N, 4)
-  s1, s2 = sim.init(params), mesh.init(params)
-  hlo = mesh.lower(s2, batch).as_text()
-  for _ in range(5):
-    s1, _ = sim.step(s1, batch)
-    s2, _ = mesh.step(s2, batch)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-               s1.params, s2.params)
+  s1, s2, hlo = helpers.simulate_matches_mesh(step, N, 5)
   (stats,) = dist.find_comm_stats(s2.opt_state)
   recorded = int(np.asarray(stats.all_reduce_bytes)[0])
   assert recorded == helpers.collective_operand_bytes(hlo, "all_reduce") == 196

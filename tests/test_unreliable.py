@@ -100,19 +100,9 @@ def test_update_without_params_errors():
 def test_simulate_equals_on_mesh_and_bytes_match_the_program():
   tx = optax.chain(optax.sgd(0.1), unreliable.rps(0.3))
   step = dist.data_parallel(helpers.mlp_loss, tx)
-  sim = dist.simulate(step, N)
-  mesh = dist.on_mesh(step, jax.make_mesh((N,), (dist.WORKERS,)), N)
-  params = helpers.mlp_params(jax.random.key(0))
-  batch = helpers.worker_batches(0, N, 4)
-  s1, s2 = sim.init(params), mesh.init(params)
-  hlo = mesh.lower(s2, batch).as_text()
-  for _ in range(3):
-    s1, _ = sim.step(s1, batch)
-    s2, _ = mesh.step(s2, batch)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-               s1.params, s2.params)
+  s1, s2, hlo = helpers.simulate_matches_mesh(step, N, 3)
   (stats,) = dist.find_comm_stats(s2.opt_state)
-  size = sum(x.size for x in jax.tree.leaves(params))   # 49 floats.
+  size = sum(x.size for x in jax.tree.leaves(s1.params)) // N   # 49 floats.
   width = -(-size // N)
   assert int(np.asarray(stats.all_gather_bytes)[0]) == 4 * width == (
       helpers.collective_operand_bytes(hlo, "all_gather"))
@@ -144,15 +134,6 @@ def test_more_workers_than_devices():
   n = 16
   tx = optax.chain(optax.sgd(0.1), unreliable.rps(0.3))
   step = dist.data_parallel(helpers.mlp_loss, tx)
-  sim = dist.simulate(step, n)
-  mesh = dist.on_mesh(step, jax.make_mesh((N,), (dist.WORKERS,)), n)
-  params = helpers.mlp_params(jax.random.key(0))
-  batch = helpers.worker_batches(0, n, 4)
-  s1, s2 = sim.init(params), mesh.init(params)
-  for _ in range(2):
-    s1, _ = sim.step(s1, batch)
-    s2, _ = mesh.step(s2, batch)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-               s1.params, s2.params)
+  s1, s2, _ = helpers.simulate_matches_mesh(step, n, 2)
   np.testing.assert_array_equal(s1.opt_state[1].dropped,
                                 s2.opt_state[1].dropped)
